@@ -1,0 +1,387 @@
+"""PayFlow's configuration: frozen dataclasses, one per section, and :func:`load_config`.
+
+Sources, later wins: the TOML file (``path``; else ``$PAYFLOW_CONFIG``; else ``./payflow.toml``
+if present), then ``PAYFLOW_<SECTION>_<KEY>`` environment variables, then ``overrides`` (the
+command line). Every value given by any source is checked, so a bad value in the file is an
+error even when the environment overrides it. Any problem raises :class:`ConfigError` with one
+line: ``[section] key: expected ..., got ... (from <source>)``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, NamedTuple, cast
+
+from payflow._config_parse import (
+    EndpointsRule,
+    FloatRule,
+    IntRule,
+    Invalid,
+    Rule,
+    StrRule,
+    StrTupleRule,
+    choice,
+    is_network,
+    is_queue_name,
+    is_redis_url,
+    is_token,
+    mask_url,
+    number,
+    show,
+    url_scheme_ok,
+)
+from payflow.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "EndpointConfig",
+    "HttpConfig",
+    "LogConfig",
+    "ProcessorConfig",
+    "QueueConfig",
+    "RedisConfig",
+    "ShutdownConfig",
+    "StoreConfig",
+    "WebhooksConfig",
+    "WorkersConfig",
+    "config_summary",
+    "load_config",
+]
+
+CONFIG_ENV: Final = "PAYFLOW_CONFIG"
+DEFAULT_CONFIG_FILE: Final = "payflow.toml"
+ENV_PREFIX: Final = "PAYFLOW_"
+LOG_FORMATS: Final = ("auto", "console", "json")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+STORE_SCHEMES: Final = ("memory", "postgresql", "postgres")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RedisConfig:
+    url: str = "embedded"  # "embedded" (in-process server) or a redis://, rediss://, unix:// URL
+    embedded_port: int = 6379  # port of the embedded server on 127.0.0.1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0 = pick a free port
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueueConfig:
+    payments: str = "payflow_jobs"
+    webhooks: str = "webhook_jobs"
+    batch_size: int = 50
+    block_timeout_seconds: float = 1.0
+    promote_interval_seconds: float = 0.5
+    max_job_bytes: int = 65536
+    max_redeliveries: int = 5
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkersConfig:
+    payments: int = 8
+    webhooks: int = 8
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProcessorConfig:
+    latency_ms: int = 0  # simulated processor latency
+    failure_rate: float = 0.0  # random failure rate of the simulator
+    max_attempts: int = 5  # attempts on transient processor errors
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EndpointConfig:
+    url: str
+    secret: str | None = None
+    enabled_events: tuple[str, ...] = ("*",)
+    description: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebhooksConfig:
+    timeout_seconds: float = 15.0
+    max_attempts: int = 8
+    backoff_base_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+    simulate_failure_rate: float = 0.0  # only used by the log sink (no endpoints)
+    allow_networks: tuple[str, ...] = ()  # CIDRs receivers may resolve to despite being private
+    endpoints: tuple[EndpointConfig, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoreConfig:
+    url: str = "memory://"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogConfig:
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ShutdownConfig:
+    grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+
+
+# --- what each key allows -------------------------------------------------------------------
+
+_BACKOFF_LOW: Final = 0.01
+_BACKOFF_HIGH: Final = 604800.0  # a week
+_QUEUE_NAME = StrRule("a non-empty name without '{', '}' or whitespace", is_queue_name)
+_RATE = FloatRule(0.0, 1.0)
+
+
+def _build_endpoint(url: str, secret: str | None, events: tuple[str, ...],
+                    description: str) -> EndpointConfig:
+    return EndpointConfig(url=url, secret=secret, enabled_events=events, description=description)
+
+
+_SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
+    "redis": (RedisConfig, {
+        "url": StrRule("'embedded' or a redis://, rediss:// or unix:// URL", is_redis_url),
+        "embedded_port": IntRule(1, 65535),
+    }),
+    "http": (HttpConfig, {
+        "host": StrRule("a host name or IP address without whitespace", is_token),
+        "port": IntRule(0, 65535),
+        "max_body_bytes": IntRule(1024, 16777216),
+    }),
+    "queue": (QueueConfig, {
+        "payments": _QUEUE_NAME,
+        "webhooks": _QUEUE_NAME,
+        "batch_size": IntRule(1, 1000),
+        "block_timeout_seconds": FloatRule(0.05, 30.0),
+        "promote_interval_seconds": FloatRule(0.05, 60.0),
+        "max_job_bytes": IntRule(64, 16777216),
+        "max_redeliveries": IntRule(1, 1000),
+    }),
+    "workers": (WorkersConfig, {"payments": IntRule(1, 256), "webhooks": IntRule(1, 256)}),
+    "processor": (ProcessorConfig, {
+        "latency_ms": IntRule(0, 60000),
+        "failure_rate": _RATE,
+        "max_attempts": IntRule(1, 100),
+    }),
+    "webhooks": (WebhooksConfig, {
+        "timeout_seconds": FloatRule(0.1, 120.0),
+        "max_attempts": IntRule(1, 50),
+        "backoff_base_seconds": FloatRule(_BACKOFF_LOW, 86400.0),
+        "backoff_max_seconds": FloatRule(_BACKOFF_LOW, _BACKOFF_HIGH),
+        "simulate_failure_rate": _RATE,
+        "allow_networks": StrTupleRule("a list of IP networks such as ['10.0.0.0/8']",
+                                       "an IP network such as '10.0.0.0/8'", is_network),
+        "endpoints": EndpointsRule(_build_endpoint),
+    }),
+    "store": (StoreConfig, {
+        "url": StrRule("memory:// or a postgresql:// or postgres:// URL",
+                       lambda url: url_scheme_ok(url, STORE_SCHEMES)),
+    }),
+    "log": (LogConfig, {"format": choice(LOG_FORMATS), "level": choice(LOG_LEVELS)}),
+    "shutdown": (ShutdownConfig, {"grace_seconds": FloatRule(0.0, 3600.0)}),
+}
+
+_DEFAULT: Final = "the built-in default"
+_RANK_DEFAULT, _RANK_FILE, _RANK_ENV, _RANK_OVERRIDE = range(4)
+
+
+class _Setting(NamedTuple):
+    value: object
+    given: object  # as the source wrote it, for messages
+    source: str  # the file, environment variable or flag it came from, or _DEFAULT
+    rank: int  # which layer it came from: later layers win
+
+
+_Settings = dict[tuple[str, str], _Setting]
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
+    override_sources: Mapping[tuple[str, str], str] | None = None,
+) -> Config:
+    """Read, merge and check the configuration; raise :class:`ConfigError` on any problem.
+
+    ``env`` defaults to ``os.environ``. ``overrides`` maps section -> key -> value as TOML
+    would give it (a string is also read the way an environment variable is, and ``None``
+    means "not given"); ``override_sources`` names the flag of each, for error messages
+    (default "command line").
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    settings: _Settings = {}
+    defaults = Config()
+    for section, (_cls, rules) in _SCHEMA.items():
+        for key in rules:
+            _put(settings, section, key, getattr(getattr(defaults, section), key), _DEFAULT,
+                 _RANK_DEFAULT)
+
+    found = _find_file(path, environ)
+    if found is not None:
+        file_path, label, via = found
+        for section, table in _read_toml(file_path, label, via).items():
+            _check_section(section, label)
+            if not isinstance(table, dict):
+                raise ConfigError(f"[{section}]: expected a table, got {show(table)} "
+                                  f"(from {label})")
+            for key, value in table.items():
+                _put(settings, section, key, value, label, _RANK_FILE)
+
+    for name in sorted(environ):
+        parsed = _env_key(name)
+        if parsed is not None:
+            _put(settings, *parsed, environ[name], name, _RANK_ENV, text=True)
+
+    sources = override_sources or {}
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            label = sources.get((section, key), "command line")
+            _check_section(section, label)
+            if value is not None:  # None: the flag was not given
+                _put(settings, section, key, value, label, _RANK_OVERRIDE,
+                     text=isinstance(value, str))
+
+    config = Config(**{
+        section: cls(**{key: settings[section, key].value for key in rules})
+        for section, (cls, rules) in _SCHEMA.items()
+    })
+    _cross_check(config, settings)
+    return config
+
+
+def _check_section(section: str, source: str) -> None:
+    if section not in _SCHEMA:
+        raise ConfigError(f"[{section}]: unknown section, expected one of "
+                          f"{', '.join(_SCHEMA)} (from {source})")
+
+
+def _put(settings: _Settings, section: str, key: str, value: object, source: str, rank: int,
+         *, text: bool = False) -> None:
+    """Convert and check one value, then record it (replacing an earlier layer's)."""
+    rules = _SCHEMA[section][1]
+    rule = rules.get(key)
+    if rule is None:
+        raise ConfigError(f"[{section}] {key}: unknown key, expected one of "
+                          f"{', '.join(rules)} (from {source})")
+    try:
+        converted = rule.text(cast(str, value)) if text else rule.native(value)
+    except Invalid as error:
+        raise ConfigError(f"[{section}] {key}{error.where}: {error.detail} "
+                          f"(from {source})") from None
+    settings[section, key] = _Setting(converted, value, source, rank)
+
+
+def _find_file(path: str | os.PathLike[str] | None,
+               environ: Mapping[str, str]) -> tuple[Path, str, str] | None:
+    """The config file to read, its label for messages and what named it ("" if ``path``
+    or the default), or None for "no file"."""
+    if path is not None:
+        return Path(path), os.fspath(path), ""
+    named = environ.get(CONFIG_ENV, "")
+    if named:
+        return Path(named), named, f" (from {CONFIG_ENV})"
+    if Path(DEFAULT_CONFIG_FILE).is_file():
+        return Path(DEFAULT_CONFIG_FILE), DEFAULT_CONFIG_FILE, ""
+    return None
+
+
+def _read_toml(path: Path, label: str, via: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {label!r}{via}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {label!r}: {error.strerror}{via}") from None
+    except tomllib.TOMLDecodeError as error:
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"config file {label!r}: invalid TOML: {detail}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {label!r}: invalid TOML: not UTF-8 text") from None
+
+
+def _env_key(name: str) -> tuple[str, str] | None:
+    """``PAYFLOW_HTTP_MAX_BODY_BYTES`` -> ``("http", "max_body_bytes")``; None for a variable
+    that is not a setting (``PAYFLOW_CONFIG``, ``PAYFLOW_API_KEYS``: another module's)."""
+    if not name.startswith(ENV_PREFIX):
+        return None
+    rest = name[len(ENV_PREFIX):]
+    for section in _SCHEMA:
+        prefix = section.upper() + "_"
+        if rest.startswith(prefix) and len(rest) > len(prefix):
+            return section, rest[len(prefix):].lower()
+    return None
+
+
+def _cross_check(config: Config, settings: _Settings) -> None:
+    """Checks that involve two keys; the one set by the later source is blamed."""
+
+    def blame(first: str, second: str, section: str) -> tuple[str, _Setting, str]:
+        a, b = settings[section, first], settings[section, second]
+        return (first, a, second) if a.rank > b.rank else (second, b, first)
+
+    queue = config.queue
+    if queue.payments == queue.webhooks:
+        key, setting, other = blame("payments", "webhooks", "queue")
+        raise ConfigError(f"[queue] {key}: expected a queue name different from [queue] "
+                          f"{other}, got {show(setting.given)} (from {setting.source})")
+    hooks = config.webhooks
+    if hooks.backoff_base_seconds > hooks.backoff_max_seconds:
+        key, setting, other = blame("backoff_base_seconds", "backoff_max_seconds", "webhooks")
+        base, top = number(hooks.backoff_base_seconds), number(hooks.backoff_max_seconds)
+        if key == "backoff_max_seconds":
+            allowed = f"{base} ([webhooks] {other}) to {number(_BACKOFF_HIGH)}"
+        else:
+            allowed = f"{number(_BACKOFF_LOW)} to {top} ([webhooks] {other})"
+        raise ConfigError(f"[webhooks] {key}: expected a number from {allowed}, "
+                          f"got {show(setting.given)} (from {setting.source})")
+
+
+# --- start-up summary -----------------------------------------------------------------------
+
+
+def config_summary(config: Config) -> dict[str, object]:
+    """The effective configuration as a JSON-able dict, nested by section, for a start-up log
+    line: endpoint secrets become ``"***"``, passwords in Redis / store URLs are masked."""
+    summary: dict[str, object] = {}
+    for section_field in fields(config):
+        section = getattr(config, section_field.name)
+        values: dict[str, object] = {}
+        for key_field in fields(section):
+            value = getattr(section, key_field.name)
+            values[key_field.name] = list(value) if isinstance(value, tuple) else value
+        summary[section_field.name] = values
+    cast(dict[str, object], summary["redis"])["url"] = mask_url(config.redis.url,
+                                                               lone_user_is_secret=True)
+    cast(dict[str, object], summary["store"])["url"] = mask_url(config.store.url)
+    cast(dict[str, object], summary["webhooks"])["endpoints"] = [
+        {"url": endpoint.url, "secret": None if endpoint.secret is None else "***",
+         "enabled_events": list(endpoint.enabled_events), "description": endpoint.description}
+        for endpoint in config.webhooks.endpoints
+    ]
+    return summary
+
