@@ -1,0 +1,77 @@
+"""The payment processor interface, and its one implementation today: a deterministic simulator.
+
+Test values (like Stripe's): card ``4000000000000002`` is declined, a VPA starting with
+``failure@`` fails, everything else succeeds; on top, ``failure_rate`` declines at random.
+The API keeps no card number: it stores brand, last 4 and a fingerprint, and the simulator
+recognises its test cards by fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import random
+from collections import OrderedDict
+from typing import Protocol
+
+from payflow.models import Payment
+
+_FINGERPRINT_KEY = b"payflow-card-fingerprint-v1"
+DECLINED_CARDS = ("4000000000000002",)
+_REMEMBERED = 100_000
+
+
+def card_fingerprint(number: str) -> str:
+    """A stable, non-reversible tag of a card number (the number itself is never stored)."""
+    return hmac.new(_FINGERPRINT_KEY, number.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+_DECLINED_FINGERPRINTS = frozenset(card_fingerprint(n) for n in DECLINED_CARDS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChargeResult:
+    succeeded: bool
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+
+class Processor(Protocol):
+    async def charge(self, payment: Payment, *, idempotency_key: str) -> ChargeResult:
+        """Charge ``payment``. The same ``idempotency_key`` never charges twice. A transient
+        failure raises :class:`payflow.errors.RetryLater`."""
+        ...
+
+
+class SimulatedProcessor:
+    def __init__(self, *, latency_ms: int = 0, failure_rate: float = 0.0,
+                 rng: random.Random | None = None) -> None:
+        self._latency = latency_ms / 1000
+        self._failure_rate = failure_rate
+        self._rng = rng or random.Random()
+        # Remembered outcomes by idempotency key, as a real processor keeps them (bounded).
+        self._results: OrderedDict[str, ChargeResult] = OrderedDict()
+
+    async def charge(self, payment: Payment, *, idempotency_key: str) -> ChargeResult:
+        if (known := self._results.get(idempotency_key)) is not None:
+            return known
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        result = self._decide(payment)
+        self._results[idempotency_key] = result
+        if len(self._results) > _REMEMBERED:
+            self._results.popitem(last=False)
+        return result
+
+    def _decide(self, payment: Payment) -> ChargeResult:
+        details = payment.method_details
+        if payment.method == "card" and details.get("fingerprint") in _DECLINED_FINGERPRINTS:
+            return ChargeResult(False, "card_declined", "The card was declined.")
+        vpa = details.get("vpa")
+        if payment.method == "upi" and isinstance(vpa, str) and vpa.startswith("failure@"):
+            return ChargeResult(False, "upi_declined", "The UPI payment was declined by the payer.")
+        if self._failure_rate and self._rng.random() < self._failure_rate:
+            return ChargeResult(False, "processor_declined", "Declined by the simulator.")
+        return ChargeResult(True)
