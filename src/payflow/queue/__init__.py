@@ -1,0 +1,1 @@
+"""Reliable Redis queues: fetch, settle, delayed retries, dead letters."""

@@ -1,0 +1,16 @@
+"""Key names derived from a queue. Each carries the queue's name as a hash tag, so every key of
+``payflow_jobs`` hashes to the same Redis Cluster slot as ``payflow_jobs`` itself."""
+
+from __future__ import annotations
+
+
+def processing(queue: str, consumer_id: str) -> str:
+    return f"{{{queue}}}:processing:{consumer_id}"
+
+
+def delayed(queue: str) -> str:
+    return f"{{{queue}}}:delayed"
+
+
+def dead(queue: str) -> str:
+    return f"{{{queue}}}:dead"

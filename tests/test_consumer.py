@@ -1,0 +1,110 @@
+"""The consumer loop on fakeredis: outcomes settled in one step, errors never kill the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
+
+from conftest import free_port
+from payflow.errors import InvalidJob
+from payflow.queue import keys
+from payflow.queue.consumer import Consumer, Outcome
+from payflow.queue.redis import QueueClient
+
+Q, W = "payflow_jobs", "webhook_jobs"
+
+
+async def run_until(consumer: Consumer, done: asyncio.Event, timeout: float = 5) -> None:
+    task = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(timeout):
+        await done.wait()
+    consumer.stop.set()
+    async with asyncio.timeout(timeout):
+        await task
+
+
+async def test_every_outcome_is_settled(fake_redis: Redis) -> None:
+    recorded: list[str] = []
+    seen: list[bytes] = []
+    all_seen = asyncio.Event()
+
+    async def handler(raw: bytes) -> Outcome:
+        seen.append(raw)
+        if len(seen) == 5:
+            all_seen.set()
+        if raw == b"ok":
+            async def after() -> None:
+                recorded.append("after")
+            return Outcome(push=[b"hook"], after=after)
+        if raw == b"retry":
+            return Outcome(delay=[(b"retry#2", 30.0)])
+        if raw == b"invalid":
+            raise InvalidJob("no good")
+        if raw == b"boom":
+            raise RuntimeError("bug")
+        return Outcome(dead="given up")
+
+    await fake_redis.lpush(Q, b"ok", b"retry", b"invalid", b"boom", b"dead")
+    client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
+    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1)
+    with capture_logs() as logs:
+        await run_until(consumer, all_seen)
+    assert await fake_redis.llen(client.processing) == 0
+    assert await fake_redis.lrange(W, 0, -1) == [b"hook"]
+    assert await fake_redis.zrange(keys.delayed(Q), 0, -1) == [b"retry#2"]
+    dead = [json.loads(e) for e in await fake_redis.lrange(keys.dead(Q), 0, -1)]
+    reasons = sorted(e["reason"] for e in dead)
+    assert reasons == ["given up", "internal error: RuntimeError: bug", "no good"]
+    assert recorded == ["after"]
+    assert any(e["event"] == "Job failed unexpectedly: dead-lettered" and
+               e["log_level"] == "error" for e in logs)
+
+
+async def test_each_job_settles_on_its_own_in_settle_each_mode(fake_redis: Redis) -> None:
+    release = asyncio.Event()
+
+    async def handler(raw: bytes) -> Outcome:
+        if raw == b"slow":
+            await release.wait()
+        return Outcome()
+
+    await fake_redis.lpush(Q, b"slow", b"fast")
+    client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:w0")
+    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1, settle_each=True)
+    task = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        while await fake_redis.lrange(client.processing, 0, -1) != [b"slow"]:
+            await asyncio.sleep(0.01)
+    # the fast job was acked while the slow one is still in flight
+    release.set()
+    consumer.stop.set()
+    async with asyncio.timeout(5):
+        await task
+    assert await fake_redis.llen(client.processing) == 0
+
+
+async def test_redis_down_backs_off_and_keeps_running() -> None:
+    dead_port = free_port()
+    redis = Redis(port=dead_port, socket_connect_timeout=0.2, single_connection_client=True)
+    client = QueueClient(redis, queue=Q, forward=W, consumer_id="t:p0")
+
+    async def handler(raw: bytes) -> Outcome:
+        return Outcome()
+
+    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1)
+    with capture_logs() as logs:
+        task = asyncio.create_task(consumer.run())
+        await asyncio.sleep(0.8)
+        assert not task.done()  # it did not crash
+        consumer.stop.set()
+        async with asyncio.timeout(6):
+            await task
+    failures = [e for e in logs if e["event"] == "queue.fetch_failed"]
+    assert 1 <= len(failures) < 30  # backed off rather than spun
+    await redis.aclose()
