@@ -1,0 +1,1 @@
+"""Webhook signing, delivery and the webhook consumer."""
