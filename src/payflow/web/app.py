@@ -1,0 +1,109 @@
+"""The HTTP API's application: :class:`WebContext`, :func:`create_app` and the middleware.
+
+The middleware gives every request a ``Request-Id`` (echoed from the client when sane, else
+``req_<hex>``), binds it into structlog's contextvars for the request's log lines, answers 503
+while the daemon stops (except ``/healthz``), refuses a declared body over the limit before
+reading it, and renders every error as RFC 9457 problem+json: a :class:`Problem`, a
+:class:`ValidationError`, aiohttp's own 404/405/413, and any unexpected exception (a 500 whose
+body carries no trace; the trace goes to the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from payflow.errors import ValidationError
+from payflow.store.base import Store
+from payflow.web import health, payments, problems
+
+log = structlog.get_logger("payflow.web")
+
+REQUEST_ID_HEADER: Final = "Request-Id"
+MAX_REQUEST_ID_LENGTH: Final = 200
+_SANE_REQUEST_ID: Final = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+# Paths that still answer while the daemon stops (liveness: the process is alive).
+_ALWAYS_OPEN: Final = frozenset({"/healthz"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebContext:
+    """What the HTTP API needs from the daemon."""
+
+    store: Store
+    # LPUSH onto the payments queue; raises redis.exceptions.RedisError when Redis is unreachable.
+    enqueue_payment: Callable[[bytes], Awaitable[None]]
+    # True when Redis answers; for /readyz.
+    ping: Callable[[], Awaitable[bool]]
+    max_body_bytes: int = 65536
+    # Set => every request but /healthz gets 503 (shutdown).
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+CTX_KEY: Final = web.AppKey("ctx", WebContext)
+REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
+
+
+def create_app(ctx: WebContext) -> web.Application:
+    """The aiohttp application of the HTTP API around ``ctx``."""
+    app = web.Application(client_max_size=ctx.max_body_bytes, middlewares=[_middleware])
+    app[CTX_KEY] = ctx
+    payments.add_routes(app, ctx)
+    health.add_routes(app, ctx)
+    app.on_response_prepare.append(_stamp_request_id)
+    return app
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def _incoming_request_id(value: str | None) -> str:
+    if value is not None and _SANE_REQUEST_ID.fullmatch(value):
+        return value
+    return new_request_id()
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = _incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
+    request[REQUEST_ID_KEY] = request_id
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        return await _guarded(request, handler, request_id)
+
+
+async def _guarded(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
+    ctx = request.app[CTX_KEY]
+    try:
+        if ctx.stopping.is_set() and request.path not in _ALWAYS_OPEN:
+            raise problems.shutting_down()
+        length = request.content_length
+        if length is not None and length > ctx.max_body_bytes:
+            raise problems.payload_too_large(ctx.max_body_bytes)
+        return await handler(request)
+    except problems.Problem as exc:
+        problem = exc
+    except ValidationError as exc:
+        problem = problems.from_validation_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        problem = problems.from_http_exception(exc, request)
+    except Exception:
+        log.exception("http.unhandled_error", method=request.method, path=request.path)
+        problem = problems.internal_error()
+    return problem.response(request_id)
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id

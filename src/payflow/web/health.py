@@ -1,0 +1,44 @@
+"""``/healthz`` (the process is alive: always 200, even while stopping) and ``/readyz`` (Redis
+answers a ping within :data:`READY_TIMEOUT` seconds; 503 otherwise and while stopping)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+import structlog
+from aiohttp import web
+
+from payflow.web import problems
+
+if TYPE_CHECKING:
+    from payflow.web.app import WebContext
+
+log = structlog.get_logger("payflow.web")
+
+READY_TIMEOUT: Final = 2.0
+
+
+def add_routes(app: web.Application, ctx: WebContext) -> None:
+    handlers = _HealthHandlers(ctx)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+
+
+class _HealthHandlers:
+    def __init__(self, ctx: WebContext) -> None:
+        self._ctx = ctx
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return problems.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                ready = await self._ctx.ping()
+        except Exception as exc:
+            log.warning("readyz.ping_failed", error_type=type(exc).__name__, error=str(exc))
+            ready = False
+        if not ready:
+            raise problems.redis_unavailable()
+        return problems.json_response({"status": "ready"})

@@ -1,0 +1,171 @@
+"""RFC 9457 problem details (``application/problem+json``) and JSON responses.
+
+Every error the API answers has the same shape::
+
+    {"type": "https://payflow.dev/problems/<slug>", "title": "...", "status": 422,
+     "detail": "...", "request_id": "req_...", "code": "out_of_range", "param": "amount"}
+
+``code`` is always present (stable, machine-readable); ``param`` only on validation errors.
+Handlers raise :class:`Problem`; the middleware in :mod:`payflow.web.app` renders it, and
+turns aiohttp's own HTTP errors, :class:`~payflow.errors.ValidationError` and unexpected
+exceptions into problems too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from aiohttp import web
+
+from payflow.errors import ValidationError
+
+PROBLEM_BASE: Final = "https://payflow.dev/problems/"
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+JSON_CONTENT_TYPE: Final = "application/json"
+
+_MISSING: Final = object()
+
+
+class Problem(Exception):
+    """An HTTP error answer. ``slug`` ends the ``type`` URI; ``code`` is the stable code."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        code: str,
+        param: object = _MISSING,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "request_id": request_id,
+            "code": self.code,
+        }
+        if self.param is not _MISSING:
+            body["param"] = self.param
+        return body
+
+    def response(self, request_id: str) -> web.Response:
+        return web.Response(
+            status=self.status,
+            body=dumps(self.body(request_id)),
+            content_type=PROBLEM_CONTENT_TYPE,
+            headers=self.headers,
+        )
+
+
+def dumps(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def json_response(
+    data: object, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A compact ``application/json`` response."""
+    return web.Response(
+        status=status, body=dumps(data), content_type=JSON_CONTENT_TYPE, headers=headers
+    )
+
+
+# --- the problems the API answers -----------------------------------------------------------
+
+
+def from_validation_error(exc: ValidationError) -> Problem:
+    if exc.status == 400:
+        return Problem(400, "invalid-request", "Invalid request", exc.detail,
+                       code=exc.code, param=exc.param)
+    return Problem(exc.status, "validation-error", "Validation failed", exc.detail,
+                   code=exc.code, param=exc.param)
+
+
+def invalid_json(detail: str) -> Problem:
+    return Problem(400, "invalid-json", "Malformed JSON", detail, code="invalid_json")
+
+
+def invalid_body(detail: str) -> Problem:
+    return Problem(400, "invalid-body", "Invalid request body", detail, code="invalid_body")
+
+
+def payload_too_large(limit: int) -> Problem:
+    return Problem(413, "payload-too-large", "Request body too large",
+                   f"The request body exceeds the limit of {limit} bytes.",
+                   code="payload_too_large")
+
+
+def not_found(path: str) -> Problem:
+    return Problem(404, "not-found", "Not found", f"No route matches {_clip(path)}.",
+                   code="not_found")
+
+
+def method_not_allowed(method: str, allowed: str) -> Problem:
+    return Problem(405, "method-not-allowed", "Method not allowed",
+                   f"{_clip(method)} is not allowed here (allowed: {allowed}).",
+                   code="method_not_allowed", headers={"Allow": allowed})
+
+
+def payment_not_found(payment_id: str) -> Problem:
+    return Problem(404, "payment-not-found", "Payment not found",
+                   f"No payment has the id {_clip(payment_id)}.", code="payment_not_found")
+
+
+def shutting_down() -> Problem:
+    return Problem(503, "shutting-down", "Service shutting down",
+                   "The server is shutting down; retry shortly.", code="shutting_down",
+                   headers={"Retry-After": "1"})
+
+
+def queue_unavailable() -> Problem:
+    return Problem(503, "queue-unavailable", "Queue unavailable",
+                   "The payment could not be queued and was not accepted; retry shortly.",
+                   code="queue_unavailable", headers={"Retry-After": "1"})
+
+
+def redis_unavailable() -> Problem:
+    return Problem(503, "redis-unavailable", "Not ready", "Redis does not answer.",
+                   code="redis_unavailable", headers={"Retry-After": "1"})
+
+
+def internal_error() -> Problem:
+    return Problem(500, "internal-error", "Internal server error",
+                   "An unexpected error occurred; it has been logged with this request id.",
+                   code="internal_error")
+
+
+def from_http_exception(exc: web.HTTPException, request: web.BaseRequest) -> Problem:
+    """Re-shape an aiohttp HTTP error (router 404/405, body-size 413, ...) as a problem."""
+    if isinstance(exc, web.HTTPNotFound):
+        return not_found(request.path)
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return method_not_allowed(request.method, exc.headers.get("Allow", ""))
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return payload_too_large(request.client_max_size)
+    status = exc.status
+    reason = exc.reason or "Error"
+    slug = reason.lower().replace(" ", "-").replace("'", "")
+    headers = {k: v for k, v in exc.headers.items()
+               if k.lower() not in ("content-type", "content-length")}
+    return Problem(status, slug, reason, exc.text or reason,
+                   code=slug.replace("-", "_"), headers=headers)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"

@@ -1,0 +1,149 @@
+"""/healthz (alive, even while stopping) and /readyz (Redis answers; not while stopping)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+import redis.exceptions
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from payflow.store.memory import MemoryStore
+from payflow.web import WebContext, create_app, health
+
+PROBLEM = "application/problem+json"
+
+
+class FakeRedis:
+    """``ping`` answers ``answer``, raises ``fail``, or hangs when ``hang`` is set."""
+
+    def __init__(self) -> None:
+        self.answer = True
+        self.fail: Exception | None = None
+        self.hang = False
+        self.pings = 0
+
+    async def ping(self) -> bool:
+        self.pings += 1
+        if self.fail is not None:
+            raise self.fail
+        if self.hang:
+            await asyncio.Event().wait()
+        return self.answer
+
+    async def enqueue(self, raw: bytes) -> None:
+        raise AssertionError("health checks never enqueue")
+
+
+@dataclass
+class Health:
+    client: TestClient[web.Request, web.Application]
+    redis: FakeRedis
+    ctx: WebContext
+
+
+@pytest.fixture
+async def make_health() -> AsyncIterator[Callable[[], Awaitable[Health]]]:
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def make() -> Health:
+        fake = FakeRedis()
+        ctx = WebContext(store=MemoryStore(), enqueue_payment=fake.enqueue, ping=fake.ping)
+        client = TestClient(TestServer(create_app(ctx)))
+        await client.start_server()
+        clients.append(client)
+        return Health(client=client, redis=fake, ctx=ctx)
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def hc(make_health: Callable[[], Awaitable[Health]]) -> Health:
+    return await make_health()
+
+
+async def test_healthz_ok(hc: Health) -> None:
+    resp = await hc.client.get("/healthz")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert await resp.read() == b'{"status":"ok"}'
+    assert resp.headers["Request-Id"].startswith("req_")
+
+
+async def test_healthz_does_not_need_redis(hc: Health) -> None:
+    hc.redis.fail = redis.exceptions.ConnectionError()
+    resp = await hc.client.get("/healthz")
+    assert resp.status == 200
+    assert hc.redis.pings == 0
+
+
+async def test_healthz_stays_200_while_stopping(hc: Health) -> None:
+    hc.ctx.stopping.set()
+    resp = await hc.client.get("/healthz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok"}
+    head = await hc.client.head("/healthz")
+    assert head.status == 200
+
+
+async def test_readyz_ready(hc: Health) -> None:
+    resp = await hc.client.get("/readyz")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert await resp.read() == b'{"status":"ready"}'
+    assert hc.redis.pings == 1
+
+
+async def assert_not_ready(hc: Health, code: str = "redis_unavailable") -> None:
+    resp = await hc.client.get("/readyz", headers={"Request-Id": "probe-1"})
+    assert resp.status == 503
+    assert resp.content_type == PROBLEM
+    data = await resp.json(content_type=PROBLEM)
+    assert data["type"] == "https://payflow.dev/problems/" + code.replace("_", "-")
+    assert (data["status"], data["code"], data["request_id"]) == (503, code, "probe-1")
+    assert resp.headers["Retry-After"] == "1"
+
+
+async def test_readyz_503_when_ping_is_false(hc: Health) -> None:
+    hc.redis.answer = False
+    await assert_not_ready(hc)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [redis.exceptions.ConnectionError("refused"), redis.exceptions.TimeoutError(), OSError(),
+     RuntimeError("anything")],
+)
+async def test_readyz_503_when_ping_raises(hc: Health, error: Exception) -> None:
+    hc.redis.fail = error
+    with structlog.testing.capture_logs() as logs:
+        await assert_not_ready(hc)
+    assert [e["event"] for e in logs] == ["readyz.ping_failed"]
+    assert logs[0]["error_type"] == type(error).__name__
+
+
+async def test_readyz_503_when_ping_hangs(
+    hc: Health, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "READY_TIMEOUT", 0.05)
+    hc.redis.hang = True
+    await assert_not_ready(hc)
+
+
+async def test_readyz_503_while_stopping(hc: Health) -> None:
+    hc.ctx.stopping.set()
+    await assert_not_ready(hc, code="shutting_down")
+    assert hc.redis.pings == 0
+
+
+async def test_readyz_recovers(hc: Health) -> None:
+    hc.redis.answer = False
+    await assert_not_ready(hc)
+    hc.redis.answer = True
+    assert (await hc.client.get("/readyz")).status == 200
