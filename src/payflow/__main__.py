@@ -1,0 +1,5 @@
+import sys
+
+from payflow.cli import main
+
+sys.exit(main())

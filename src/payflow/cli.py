@@ -1,0 +1,82 @@
+"""The ``payflow`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from payflow import __version__
+from payflow.errors import ConfigError, StartupError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="payflow",
+        description="PayFlow: an asynchronous payment gateway (HTTP intake, Redis queues, "
+                    "webhooks) in one asyncio daemon.")
+    parser.add_argument("--version", action="version", version=f"payflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve", help="run the daemon: HTTP intake, payment and webhook consumers",
+        description="Run the PayFlow daemon. Settings come from payflow.toml, then "
+                    "PAYFLOW_<SECTION>_<KEY> environment variables, then these flags "
+                    "(later wins).")
+    serve.add_argument("--config", metavar="PATH",
+                       help="configuration file (default: $PAYFLOW_CONFIG, else ./payflow.toml "
+                            "if present)")
+    serve.add_argument("--redis-url", metavar="URL",
+                       help='"embedded", or redis://host:port/db, rediss://…, unix://… '
+                            "([redis] url)")
+    serve.add_argument("--host", metavar="H", help="HTTP listen address ([http] host)")
+    serve.add_argument("--port", metavar="P", help="HTTP listen port ([http] port)")
+    serve.add_argument("--log-format", choices=("console", "json"),
+                       help="console lines or JSON lines ([log] format; default: console on "
+                            "a terminal, JSON otherwise)")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from payflow import logs
+    from payflow.config import load_config
+    from payflow.daemon import run
+
+    overrides: dict[str, dict[str, object]] = {}
+    sources: dict[tuple[str, str], str] = {}
+    for section, key, flag, value in (
+        ("redis", "url", "--redis-url", args.redis_url),
+        ("http", "host", "--host", args.host),
+        ("http", "port", "--port", args.port),
+        ("log", "format", "--log-format", args.log_format),
+    ):
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+            sources[(section, key)] = flag
+    try:
+        config = load_config(args.config, overrides=overrides, override_sources=sources)
+    except ConfigError as exc:
+        print(f"payflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log.format, config.log.level)
+    try:
+        return asyncio.run(run(config))
+    except StartupError as exc:
+        print(f"payflow: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"payflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""``payflow serve``: everything in one asyncio.TaskGroup, and an ordered shutdown.
+
+A signal only sets an Event. Then: intake answers 503, consumers stop fetching, in-flight
+batches get ``[shutdown] grace_seconds`` to finish, whatever is left in this daemon's processing
+lists goes back to its queue, and Redis, the HTTP client and the store are closed. A second
+SIGINT exits at once; unacknowledged jobs then stay in the processing lists in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from payflow.config import Config, config_summary
+from payflow.embedded import EmbeddedRedis
+from payflow.errors import StartupError
+from payflow.handlers import PaymentHandler
+from payflow.payments import PaymentService
+from payflow.processor import SimulatedProcessor
+from payflow.queue.consumer import Consumer, wait_or_stop
+from payflow.queue.redis import QueueClient, Scripts
+from payflow.queue.scheduler import run_promoter
+from payflow.store import Store, open_store
+from payflow.web import WebContext, create_app
+from payflow.webhooks.delivery import HttpDelivery, LogSink
+from payflow.webhooks.sender import RetryPolicy, WebhookHandler
+
+log = structlog.get_logger("payflow.daemon")
+
+
+def new_daemon_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+async def supervise(name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Run a long-lived loop; if it ever raises, log the traceback and start it again."""
+    while not stop.is_set():
+        try:
+            await loop()
+            return
+        except Exception:
+            log.exception("daemon.loop_crashed", loop=name)
+            await wait_or_stop(stop, 1.0)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.id = new_daemon_id()
+        self.stop = asyncio.Event()
+        self.http_port: int | None = None
+        self._embedded: EmbeddedRedis | None = None
+        self._clients: list[Redis] = []
+        self._queues: list[QueueClient] = []
+
+    def request_stop(self, signame: str) -> None:
+        if self.stop.is_set():
+            if signame == "SIGINT":
+                log.warning("daemon.forced_exit",
+                            detail="second SIGINT: exiting now; unacknowledged jobs stay in "
+                                   "their processing lists")
+                os._exit(130)
+            return
+        log.info("daemon.stopping", signal=signame)
+        self.stop.set()
+
+    def _redis(self, url: str, *, single: bool, timeout: float) -> Redis:
+        client = Redis.from_url(url, single_connection_client=single, socket_timeout=timeout,
+                                socket_connect_timeout=5)
+        self._clients.append(client)
+        return client
+
+    async def run(self) -> int:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        url = cfg.redis.url
+        if url == "embedded":
+            self._embedded = EmbeddedRedis(cfg.redis.embedded_port)
+            self._embedded.start()
+            url = self._embedded.url
+            log.warning("redis.embedded",
+                        detail=f"embedded Redis on {url}: it keeps nothing, so queued jobs are "
+                               "lost when payflow stops; set [redis] url to a real Redis for "
+                               "production")
+        store = open_store(cfg.store.url)
+        try:
+            await self._serve(url, store)
+        finally:
+            await self._close(url)
+            await store.close()
+            if self._embedded is not None:
+                self._embedded.stop()
+        log.info("daemon.stopped", daemon_id=self.id)
+        return 0
+
+    async def _serve(self, url: str, st: Store) -> None:
+        cfg = self.config
+        intake = self._redis(url, single=False, timeout=5.0)
+
+        async def enqueue(raw: bytes) -> None:
+            await intake.lpush(cfg.queue.payments, raw)
+
+        async def ping() -> bool:
+            try:
+                return bool(await intake.ping())
+            except (RedisError, OSError):
+                return False
+
+        ctx = WebContext(store=st, enqueue_payment=enqueue, ping=ping,
+                         max_body_bytes=cfg.http.max_body_bytes)
+        processor = SimulatedProcessor(latency_ms=cfg.processor.latency_ms,
+                                       failure_rate=cfg.processor.failure_rate)
+        payments = PaymentHandler(PaymentService(st, processor,
+                                                 max_attempts=cfg.processor.max_attempts),
+                                  max_job_bytes=cfg.queue.max_job_bytes)
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        try:
+            webhooks = WebhookHandler(
+                store=st, endpoints=cfg.webhooks.endpoints,
+                http=HttpDelivery(session, timeout=cfg.webhooks.timeout_seconds),
+                sink=LogSink(failure_rate=cfg.webhooks.simulate_failure_rate),
+                policy=RetryPolicy(max_attempts=cfg.webhooks.max_attempts,
+                                   base_seconds=cfg.webhooks.backoff_base_seconds,
+                                   max_seconds=cfg.webhooks.backoff_max_seconds),
+                max_job_bytes=cfg.queue.max_job_bytes)
+            runner = web.AppRunner(create_app(ctx), access_log=None, handle_signals=False)
+            await runner.setup()
+            try:
+                await self._start_http(runner)
+                await self._run_loops(url, payments, webhooks, ctx)
+            finally:
+                await runner.cleanup()
+        finally:
+            await session.close()
+
+    async def _start_http(self, runner: web.AppRunner) -> None:
+        cfg = self.config
+        site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {cfg.http.host}:{cfg.http.port}: {exc.strerror or exc}. "
+                "Choose another port with --port, PAYFLOW_HTTP_PORT or [http] port."
+            ) from None
+        address = runner.addresses[0]
+        self.http_port = int(address[1])
+        log.info("daemon.started", daemon_id=self.id,
+                 http=f"http://{address[0]}:{address[1]}", config=config_summary(cfg))
+
+    async def _run_loops(self, url: str, payments: PaymentHandler, webhooks: WebhookHandler,
+                         ctx: WebContext) -> None:
+        cfg = self.config
+        block = cfg.queue.block_timeout_seconds
+        consumers: list[Consumer] = []
+        for kind, queue, forward, count, handler, each in (
+            ("p", cfg.queue.payments, cfg.queue.webhooks, cfg.workers.payments, payments, False),
+            ("w", cfg.queue.webhooks, cfg.queue.payments, cfg.workers.webhooks, webhooks, True),
+        ):
+            for i in range(count):
+                client = QueueClient(self._redis(url, single=True, timeout=block + 5),
+                                     queue=queue, forward=forward,
+                                     consumer_id=f"{self.id}:{kind}{i}")
+                self._queues.append(client)
+                consumers.append(Consumer(client=client, handler=handler, stop=self.stop,
+                                          batch_size=cfg.queue.batch_size, block_seconds=block,
+                                          settle_each=each))
+        promoter_redis = self._redis(url, single=True, timeout=5.0)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(supervise(c.client.consumer_id, c.run, self.stop))
+                     for c in consumers]
+            tasks.append(tg.create_task(supervise(
+                "promoter",
+                lambda: run_promoter(promoter_redis, [cfg.queue.payments, cfg.queue.webhooks],
+                                     interval=cfg.queue.promote_interval_seconds,
+                                     stop=self.stop),
+                self.stop)))
+            await self.stop.wait()
+            ctx.stopping.set()  # intake: 503 from now on
+            _, late = await asyncio.wait(tasks, timeout=cfg.shutdown.grace_seconds)
+            if late:
+                log.warning("daemon.grace_expired", cancelled=len(late),
+                            grace_seconds=cfg.shutdown.grace_seconds)
+                for task in late:
+                    task.cancel()
+
+    async def _close(self, url: str) -> None:
+        """Put back what this daemon still holds, then close every connection."""
+        if self._queues:
+            sweeper = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5)
+            scripts = Scripts(sweeper)
+            try:
+                moved = 0
+                for q in self._queues:
+                    moved += await scripts.requeue(keys=[q.processing, q.queue])
+                log.info("daemon.requeued", jobs=moved)
+            except (RedisError, OSError) as exc:
+                log.error("daemon.requeue_failed", error=f"{type(exc).__name__}: {exc}",
+                          detail="jobs stay in their processing lists in Redis")
+            finally:
+                await sweeper.aclose()
+        for client in self._clients:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+
+async def run(config: Config) -> int:
+    return await Daemon(config).run()

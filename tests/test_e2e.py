@@ -1,0 +1,250 @@
+"""End to end: `payflow serve` as a subprocess, driven as a user drives it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+import redis
+from aiohttp import web
+
+from conftest import REPO, RedisServer, free_port
+from daemon_proc import PAYFLOW, Daemon, daemon_env
+from payflow.models import event_id_for
+
+pytestmark = pytest.mark.e2e
+
+SEED_JOB = "process_payment:pay_test_1001:upi"
+SEED_LINES = [
+    "Job received: process_payment:pay_test_1001:upi",
+    "Processing payment: pay_test_1001",
+    "PAYMENT SUCCESS for pay_test_1001",
+    "Webhook job queued: webhook:payment.success:pay_test_1001",
+    "Delivering webhook: webhook:payment.success:pay_test_1001",
+    "Webhook delivered: webhook:payment.success:pay_test_1001",
+]
+
+
+def lpush(port: int, queue: str, *jobs: bytes | str) -> None:
+    """LPUSH as the seed's users do: with redis-cli when it is installed."""
+    cli = shutil.which("redis-cli")
+    if cli and all(isinstance(j, str) for j in jobs):
+        subprocess.run([cli, "-p", str(port), "LPUSH", queue, *map(str, jobs)], check=True,
+                       capture_output=True, timeout=10)
+        return
+    client = redis.Redis(port=port)
+    client.lpush(queue, *jobs)
+    client.close()
+
+
+def seed_lines_in_order(messages: list[str]) -> list[str]:
+    """The messages that are seed lines (a message may carry fields after the text)."""
+    found = []
+    for message in messages:
+        for seed in SEED_LINES:
+            if message == seed or message.startswith(seed + " "):
+                found.append(seed)
+    return found
+
+
+def test_seed_walkthrough_on_the_shipped_config(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(args=["--config", str(REPO / "payflow.toml"), "--log-format", "console"])
+    assert "it keeps nothing" in d.output()  # the embedded mode warns
+    port = int(d.env["PAYFLOW_REDIS_EMBEDDED_PORT"])
+    lpush(port, "payflow_jobs", SEED_JOB)
+    d.wait_for("Webhook delivered: webhook:payment.success:pay_test_1001")
+    assert seed_lines_in_order(d.messages()) == SEED_LINES
+    assert d.stop() == 0
+
+
+def test_seed_lines_in_json_on_a_real_redis(make_daemon: Callable[..., Daemon],
+                                            redis_server: RedisServer) -> None:
+    d = make_daemon(redis_server.url, args=["--log-format", "json"])
+    lpush(redis_server.port, "payflow_jobs", SEED_JOB)
+    lpush(redis_server.port, "webhook_jobs", "webhook:payment.failed:pay_legacy_7")
+    d.wait_for("Webhook delivered: webhook:payment.success:pay_test_1001")
+    d.wait_for("Webhook delivered: webhook:payment.failed:pay_legacy_7")
+    events = [line["event"] for line in d.json_lines()]
+    assert [e for e in events if e in SEED_LINES] == SEED_LINES
+    assert "it keeps nothing" not in d.output()
+    assert d.stop() == 0
+
+
+async def _receiver(hits: list[dict[str, Any]], statuses: list[int]) -> web.AppRunner:
+    async def hook(request: web.Request) -> web.Response:
+        hits.append({"headers": dict(request.headers), "body": await request.json()})
+        return web.Response(status=statuses.pop(0) if statuses else 200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    return runner
+
+
+async def _wait(pred: Callable[[], bool], timeout: float, what: str, d: Daemon) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.05)
+    assert pred(), what + "\n" + d.output()[-3000:]
+
+
+async def test_posted_payment_reaches_a_local_receiver(
+        make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
+    hits: list[dict[str, Any]] = []
+    runner = await _receiver(hits, [])
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        d = make_daemon(redis_server.url,
+                        PAYFLOW_WEBHOOKS_ENDPOINTS=f"http://127.0.0.1:{port}/hook")
+        async with aiohttp.ClientSession() as http:
+            body = {"amount": 1999, "currency": "INR", "method": "upi",
+                    "upi": {"vpa": "asha@okbank"}, "metadata": {"order": "42"}}
+            async with http.post(f"{d.base_url}/v1/payments", json=body) as resp:
+                assert resp.status == 202
+                created = await resp.json()
+                assert resp.headers["Location"] == f"/v1/payments/{created['id']}"
+            assert created["status"] == "pending"
+            await _wait(lambda: len(hits) >= 1, 15, "no webhook arrived", d)
+            async with http.get(f"{d.base_url}/v1/payments/{created['id']}") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["status"] == "succeeded"
+        (hit,) = hits
+        event = hit["body"]
+        assert event["type"] == "payment.success"
+        assert event["id"] == event_id_for(created["id"], "payment.success")
+        assert event["data"]["id"] == created["id"]
+        assert event["data"]["amount"] == 1999 and event["data"]["metadata"] == {"order": "42"}
+        assert hit["headers"]["webhook-id"] == event["id"]
+        assert int(hit["headers"]["webhook-timestamp"]) > 0
+        assert d.stop() == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_failing_receiver_is_retried_with_delay_then_dead(
+        make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
+    hits: list[dict[str, Any]] = []
+    runner = await _receiver(hits, [500, 503, 500, 500, 500, 500])
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        d = make_daemon(redis_server.url,
+                        PAYFLOW_WEBHOOKS_ENDPOINTS=f"http://127.0.0.1:{port}/hook",
+                        PAYFLOW_WEBHOOKS_MAX_ATTEMPTS="3",
+                        PAYFLOW_WEBHOOKS_BACKOFF_BASE_SECONDS="0.2",
+                        PAYFLOW_QUEUE_PROMOTE_INTERVAL_SECONDS="0.05")
+        lpush(redis_server.port, "payflow_jobs", "process_payment:pay_flaky_1:card")
+        r = redis.Redis(port=redis_server.port)
+        await _wait(lambda: r.llen("{webhook_jobs}:dead") == 1, 20, "not dead-lettered", d)
+        assert len(hits) == 3  # max_attempts, then no more
+        ids = {h["headers"]["webhook-id"] for h in hits}
+        assert ids == {event_id_for("pay_flaky_1", "payment.success")}  # stable across retries
+        entry = json.loads(r.lindex("{webhook_jobs}:dead", 0) or b"{}")
+        assert "gave up after 3 attempts" in entry["reason"] and "HTTP 500" in entry["reason"]
+        assert json.loads(entry["job"])["event"]["id"] in ids
+        assert d.output().count("Webhook delivery failed: webhook:payment.success:pay_flaky_1") == 2
+        r.close()
+        assert d.stop() == 0
+    finally:
+        await runner.cleanup()
+
+
+def test_bad_jobs_go_to_dead_and_the_daemon_keeps_running(
+        make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
+    d = make_daemon(redis_server.url)
+    bad: list[bytes] = [b"garbage", b"", b"\xff\xfe\x00\x01", b"x" * 1_000_000,
+                        b'{"v":1,"kind":"refund"}', b"process_payment:pay_1:bitcoin"]
+    for queue in ("payflow_jobs", "webhook_jobs"):
+        lpush(redis_server.port, queue, *bad)
+    lpush(redis_server.port, "payflow_jobs", SEED_JOB)
+    d.wait_for("Webhook delivered: webhook:payment.success:pay_test_1001")
+    d.wait_for("Job rejected: dead-lettered", count=2 * len(bad))
+    r = redis.Redis(port=redis_server.port)
+    for queue in ("payflow_jobs", "webhook_jobs"):
+        entries = [json.loads(e) for e in r.lrange(f"{{{queue}}}:dead", 0, -1)]
+        assert len(entries) == len(bad)
+        assert all(e["reason"] and e["queue"] == queue and e["failed_at"] for e in entries)
+        reasons = " | ".join(e["reason"] for e in entries)
+        for part in ("empty job", "not UTF-8", "exceeds the limit", "unknown job kind",
+                     "unrecognised job", "unknown payment method 'bitcoin'"):
+            assert part in reasons
+    assert d.output().count("Job rejected: dead-lettered") == 2 * len(bad)  # one line each
+    r.close()
+    assert d.stop() == 0
+
+
+def test_sigterm_finishes_or_requeues_every_job(make_daemon: Callable[..., Daemon],
+                                                redis_server: RedisServer) -> None:
+    d = make_daemon(redis_server.url, PAYFLOW_PROCESSOR_LATENCY_MS="3000",
+                    PAYFLOW_SHUTDOWN_GRACE_SECONDS="0.5", PAYFLOW_WORKERS_PAYMENTS="2",
+                    PAYFLOW_QUEUE_BATCH_SIZE="5")
+    jobs = [f"process_payment:pay_s{i}:upi" for i in range(40)]
+    lpush(redis_server.port, "payflow_jobs", *jobs)
+    d.wait_for("Job received:", count=10)  # both consumers hold a batch in flight
+    assert d.stop(signal.SIGTERM) == 0
+    r = redis.Redis(port=redis_server.port)
+    assert r.keys("{payflow_jobs}:processing:*") == []
+    left = [j.decode() for j in cast(list[bytes], r.lrange("payflow_jobs", 0, -1))]
+    out = d.output()
+    done = [j for j in jobs if f"PAYMENT SUCCESS for {j.split(':')[1]}" in out]
+    # Every job is either finished or back in the queue, once; the in-flight ones were put back.
+    assert sorted(left + done) == sorted(jobs)
+    assert "daemon.grace_expired" in out and "daemon.requeued" in out
+    requeued = int(out.split("daemon.requeued")[1].split("jobs=")[1].split()[0])
+    assert requeued == 10  # two consumers x a batch of five were in flight
+    r.close()
+
+
+def test_restart_after_sigterm_processes_what_was_requeued(
+        make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
+    d = make_daemon(redis_server.url, PAYFLOW_PROCESSOR_LATENCY_MS="2000",
+                    PAYFLOW_SHUTDOWN_GRACE_SECONDS="0.2", PAYFLOW_WORKERS_PAYMENTS="1")
+    lpush(redis_server.port, "payflow_jobs", SEED_JOB)
+    d.wait_for("Processing payment: pay_test_1001")
+    assert d.stop() == 0
+    again = make_daemon(redis_server.url)
+    again.wait_for("Webhook delivered: webhook:payment.success:pay_test_1001")
+    assert seed_lines_in_order(again.messages()) == SEED_LINES
+    assert again.stop() == 0
+
+
+def test_bad_configuration_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    env = daemon_env(PAYFLOW_HTTP_PORT="eighty")
+    done = subprocess.run([PAYFLOW, "serve"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "[http] port" in done.stderr and "PAYFLOW_HTTP_PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_busy_embedded_port_says_what_to_do(tmp_path: Path,
+                                            redis_server: RedisServer) -> None:
+    env = daemon_env(PAYFLOW_REDIS_EMBEDDED_PORT=str(redis_server.port),
+                     PAYFLOW_HTTP_PORT=str(free_port()))
+    done = subprocess.run([PAYFLOW, "serve"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 1
+    assert f"port {redis_server.port}" in done.stderr and "already in use" in done.stderr
+    assert "PAYFLOW_REDIS_URL" in done.stderr and "embedded_port" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_version_and_help() -> None:
+    version = subprocess.run([PAYFLOW, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("payflow ")
+    helptext = subprocess.run([PAYFLOW, "serve", "--help"], capture_output=True, text=True,
+                              timeout=30)
+    assert helptext.returncode == 0
+    for flag in ("--config", "--redis-url", "--host", "--port", "--log-format"):
+        assert flag in helptext.stdout
