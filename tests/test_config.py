@@ -191,7 +191,7 @@ def test_unknown_section_in_file(tmp_path: Path) -> None:
     path = tmp_path / "payflow.toml"
     assert error_of(tmp_path, "[htp]\nport = 1\n") == (
         "[htp]: unknown section, expected one of redis, http, queue, workers, processor, "
-        f"webhooks, store, log, shutdown (from {path})")
+        f"webhooks, store, log, shutdown, daemon (from {path})")
 
 
 def test_section_not_a_table(tmp_path: Path) -> None:
@@ -525,3 +525,14 @@ def test_bool_rule_rejects() -> None:
         BoolRule().text("maybe")
     with pytest.raises(Invalid, match=r"got 1$"):
         BoolRule().native(1)
+
+
+def test_daemon_section(tmp_path: Path) -> None:
+    config = load_config(None, env={"PAYFLOW_DAEMON_ID": "pod-7", "PAYFLOW_CONFIG": ""})
+    assert config.daemon.id == "pod-7"
+    assert config.daemon.heartbeat_ttl_seconds > config.daemon.heartbeat_seconds
+    with pytest.raises(ConfigError, match=r"\[daemon\] id: expected empty, or 1 to 64"):
+        load_config(None, env={"PAYFLOW_DAEMON_ID": "a b"})
+    with pytest.raises(ConfigError, match=r"\[daemon\] heartbeat_ttl_seconds: expected a number "
+                                          r"greater than \[daemon\] heartbeat_seconds"):
+        load_config(None, env={"PAYFLOW_DAEMON_HEARTBEAT_TTL_SECONDS": "1"})

@@ -168,6 +168,14 @@ class StrTupleRule(Rule):
 # --- checks ---------------------------------------------------------------------------------
 
 
+_DAEMON_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def is_daemon_id(value: str) -> bool:
+    """Empty (generate one) or a short name safe inside Redis key names."""
+    return value == "" or bool(_DAEMON_ID.fullmatch(value))
+
+
 def is_token(value: str) -> bool:
     """Non-empty, without whitespace."""
     return bool(value) and not any(char.isspace() for char in value)

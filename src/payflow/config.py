@@ -25,6 +25,7 @@ from payflow._config_parse import (
     StrRule,
     StrTupleRule,
     choice,
+    is_daemon_id,
     is_network,
     is_queue_name,
     is_redis_url,
@@ -133,6 +134,14 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class DaemonConfig:
+    id: str = ""  # empty: <hostname>-<pid>-<random>, new at every start
+    heartbeat_seconds: float = 2.0
+    heartbeat_ttl_seconds: float = 10.0
+    reap_interval_seconds: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -143,6 +152,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 # --- what each key allows -------------------------------------------------------------------
@@ -199,6 +209,12 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
     }),
     "log": (LogConfig, {"format": choice(LOG_FORMATS), "level": choice(LOG_LEVELS)}),
     "shutdown": (ShutdownConfig, {"grace_seconds": FloatRule(0.0, 3600.0)}),
+    "daemon": (DaemonConfig, {
+        "id": StrRule("empty, or 1 to 64 letters, digits, '.', '_' or '-'", is_daemon_id),
+        "heartbeat_seconds": FloatRule(0.1, 60.0),
+        "heartbeat_ttl_seconds": FloatRule(0.5, 600.0),
+        "reap_interval_seconds": FloatRule(0.1, 600.0),
+    }),
 }
 
 _DEFAULT: Final = "the built-in default"
@@ -359,6 +375,12 @@ def _cross_check(config: Config, settings: _Settings) -> None:
             allowed = f"{number(_BACKOFF_LOW)} to {top} ([webhooks] {other})"
         raise ConfigError(f"[webhooks] {key}: expected a number from {allowed}, "
                           f"got {show(setting.given)} (from {setting.source})")
+    daemon = config.daemon
+    if daemon.heartbeat_ttl_seconds <= daemon.heartbeat_seconds:
+        key, setting, other = blame("heartbeat_ttl_seconds", "heartbeat_seconds", "daemon")
+        relation = "greater" if key == "heartbeat_ttl_seconds" else "less"
+        raise ConfigError(f"[daemon] {key}: expected a number {relation} than [daemon] "
+                          f"{other}, got {show(setting.given)} (from {setting.source})")
 
 
 # --- start-up summary -----------------------------------------------------------------------

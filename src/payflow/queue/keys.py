@@ -14,3 +14,17 @@ def delayed(queue: str) -> str:
 
 def dead(queue: str) -> str:
     return f"{{{queue}}}:dead"
+
+
+def redeliveries(queue: str) -> str:
+    """Hash: SHA-1 of a job -> how often the reaper recovered it (poison detection)."""
+    return f"{{{queue}}}:redeliveries"
+
+
+# Daemon liveness (not tied to one queue).
+DAEMONS = "payflow:daemons"  # hash: daemon id -> JSON {host, pid, started_at, lists}
+REAPER_LOCK = "payflow:reaper:lock"
+
+
+def heartbeat(daemon_id: str) -> str:
+    return f"payflow:heartbeat:{daemon_id}"

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from payflow.models import now_iso
 from payflow.queue import keys
 
-_SCRIPT_NAMES = ("fetch", "settle", "promote", "requeue")
+_SCRIPT_NAMES = ("fetch", "settle", "promote", "requeue", "reap", "replay")
 
 
 def _source(name: str) -> str:
@@ -28,7 +28,7 @@ class Scripts:
     """The queue's Lua scripts, bound to a client (EVALSHA, falling back to EVAL on NOSCRIPT)."""
 
     def __init__(self, redis: Redis) -> None:
-        self.fetch, self.settle, self.promote, self.requeue = (
+        self.fetch, self.settle, self.promote, self.requeue, self.reap, self.replay = (
             redis.register_script(_source(name)) for name in _SCRIPT_NAMES
         )
 

@@ -1,0 +1,143 @@
+"""Daemon liveness: a heartbeat, a registry of daemons and their processing lists, and a reaper.
+
+Each daemon keeps ``payflow:heartbeat:<id>`` alive (a key with a TTL) and lists its processing
+lists in the hash ``payflow:daemons``. The reaper (one daemon at a time, under a ``SET NX`` lock)
+moves the processing lists of daemons whose heartbeat expired back to their queues; a job that
+was in flight at more than ``max_redeliveries`` deaths is poison and goes to ``{<q>}:dead``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Sequence
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from payflow.errors import StartupError
+from payflow.models import now_iso
+from payflow.queue import keys
+from payflow.queue.backoff import full_jitter
+from payflow.queue.consumer import wait_or_stop
+from payflow.queue.redis import Scripts
+
+log = structlog.get_logger("payflow.liveness")
+
+# How long the reaper remembers a job's redeliveries after its last one.
+REDELIVERY_MEMORY_SECONDS = 7 * 24 * 3600
+
+
+class Liveness:
+    def __init__(self, redis: Redis, *, daemon_id: str, lists: Sequence[tuple[str, str]],
+                 heartbeat_seconds: float, ttl_seconds: float, reap_interval: float,
+                 max_redeliveries: int, stop: asyncio.Event) -> None:
+        self.redis = redis
+        self.id = daemon_id
+        self.lists = list(lists)  # (queue, processing list) of each of this daemon's consumers
+        self.heartbeat_seconds = heartbeat_seconds
+        self.ttl_ms = max(1, round(ttl_seconds * 1000))
+        self.reap_interval = reap_interval
+        self.max_redeliveries = max_redeliveries
+        self.stop = stop
+        self.done = asyncio.Event()  # set after shutdown emptied this daemon's lists
+        self.scripts = Scripts(redis)
+        self.info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                "started_at": now_iso(), "lists": self.lists})
+
+    async def start(self, *, wait_for_namesake: bool) -> None:
+        """Recover what an earlier daemon of the same id left, then register. With an explicit
+        id whose heartbeat is still alive, wait up to one TTL for it to lapse (the earlier
+        process died moments ago) or refuse to start (another daemon uses the id)."""
+        if wait_for_namesake:
+            deadline = asyncio.get_running_loop().time() + self.ttl_ms / 1000 + 1
+            while await self.redis.exists(keys.heartbeat(self.id)):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise StartupError(
+                        f"another daemon with [daemon] id {self.id!r} is alive (its heartbeat "
+                        "keeps being renewed): give each daemon its own id")
+                await asyncio.sleep(0.2)
+        previous = await self.redis.hget(keys.DAEMONS, self.id)
+        if previous is not None:
+            requeued, dead = await self._reap(self.id, _bytes(previous))
+            log.info("daemon.recovered_own", daemon_id=self.id, requeued=requeued, dead=dead)
+        await self.beat()
+
+    async def beat(self) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.heartbeat(self.id), now_iso(), px=self.ttl_ms)
+            pipe.hset(keys.DAEMONS, self.id, self.info)  # again, in case a reaper removed us
+            await pipe.execute()
+
+    async def stop_beating(self) -> None:
+        """Deregister (after this daemon's lists were emptied at shutdown)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(keys.DAEMONS, self.id)
+            pipe.delete(keys.heartbeat(self.id))
+            await pipe.execute()
+
+    async def run_heartbeat(self) -> None:
+        """Beat until :attr:`done`: through the shutdown grace period too, so that no reaper
+        takes the jobs this daemon is still finishing."""
+        failures = 0
+        while not self.done.is_set():
+            try:
+                await self.beat()
+                failures = 0
+                await wait_or_stop(self.done, self.heartbeat_seconds)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                log.warning("daemon.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+                await wait_or_stop(self.done, min(self.heartbeat_seconds,
+                                                  full_jitter(failures, base=0.1, cap=2.0)))
+
+    async def run_reaper(self) -> None:
+        while not self.stop.is_set():
+            try:
+                await self.reap_once()
+            except (RedisError, OSError) as exc:
+                log.warning("daemon.reap_failed", error=f"{type(exc).__name__}: {exc}")
+            await wait_or_stop(self.stop, self.reap_interval)
+
+    async def reap_once(self) -> int:
+        """If this daemon wins the reaper lock, recover every dead daemon's lists. Returns how
+        many dead daemons were reaped."""
+        lock_ms = max(100, round(self.reap_interval * 1000))
+        if not await self.redis.set(keys.REAPER_LOCK, self.id, nx=True, px=lock_ms):
+            return 0
+        reaped = 0
+        daemons = await self.redis.hgetall(keys.DAEMONS)
+        for raw_id, info in daemons.items():
+            other = _bytes(raw_id).decode()
+            if other == self.id or await self.redis.exists(keys.heartbeat(other)):
+                continue
+            requeued, dead = await self._reap(other, _bytes(info))
+            await self.redis.hdel(keys.DAEMONS, other)
+            reaped += 1
+            log.warning("daemon.reaped", dead_daemon=other, requeued=requeued, poison=dead)
+        return reaped
+
+    async def _reap(self, daemon_id: str, info: bytes) -> tuple[int, int]:
+        try:
+            lists = [(str(q), str(p)) for q, p in json.loads(info)["lists"]]
+        except (ValueError, KeyError, TypeError):
+            log.error("daemon.bad_registry_entry", daemon_id=daemon_id)
+            return 0, 0
+        requeued = dead = 0
+        for queue, processing in lists:
+            jobs = [_bytes(job) for job in await self.redis.lrange(processing, 0, -1)]
+            moved, poisoned = await self.scripts.reap(
+                keys=[processing, queue, keys.dead(queue), keys.redeliveries(queue)],
+                args=[self.max_redeliveries, now_iso(), daemon_id, REDELIVERY_MEMORY_SECONDS,
+                      queue, *(hashlib.sha1(job).hexdigest() for job in jobs)])
+            requeued += int(moved)
+            dead += int(poisoned)
+        return requeued, dead
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
