@@ -108,3 +108,38 @@ async def test_redis_down_backs_off_and_keeps_running() -> None:
     failures = [e for e in logs if e["event"] == "queue.fetch_failed"]
     assert 1 <= len(failures) < 30  # backed off rather than spun
     await redis.aclose()
+
+
+async def test_jobs_moved_by_a_lost_fetch_reply_are_put_back(fake_redis: Redis) -> None:
+    """Redis moved jobs into our processing list but the reply never arrived: after the
+    failure, the consumer returns its own list to the queue before fetching again."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class LosingClient(QueueClient):
+        lost = False
+
+        async def fetch(self, max_jobs: int, block_seconds: float) -> list[bytes]:
+            if not self.lost:
+                self.lost = True
+                await super().fetch(max_jobs, block_seconds)  # moved, but the reply is lost
+                raise RedisConnectionError("connection reset")
+            return await super().fetch(max_jobs, block_seconds)
+
+    seen: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handler(raw: bytes) -> Outcome:
+        seen.append(raw)
+        if len(seen) == 2:
+            done.set()
+        return Outcome()
+
+    await fake_redis.lpush(Q, b"a", b"b")
+    client = LosingClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
+    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1)
+    with capture_logs() as logs:
+        await run_until(consumer, done)
+    assert sorted(seen) == [b"a", b"b"]
+    assert await fake_redis.llen(client.processing) == 0
+    assert any(e["event"] == "queue.recovered_unseen_jobs" and e["jobs"] == 2 for e in logs)

@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -202,6 +203,8 @@ def test_sigterm_finishes_or_requeues_every_job(make_daemon: Callable[..., Daemo
     assert "daemon.grace_expired" in out and "daemon.requeued" in out
     requeued = int(out.split("daemon.requeued")[1].split("jobs=")[1].split()[0])
     assert requeued == 10  # two consumers x a batch of five were in flight
+    assert r.hkeys("payflow:daemons") == []  # deregistered
+    assert r.keys("payflow:heartbeat:*") == []
     r.close()
 
 
@@ -248,3 +251,25 @@ def test_version_and_help() -> None:
     assert helptext.returncode == 0
     for flag in ("--config", "--redis-url", "--host", "--port", "--log-format"):
         assert flag in helptext.stdout
+
+
+def test_second_sigint_exits_at_once_and_loses_nothing(
+        make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
+    d = make_daemon(redis_server.url, PAYFLOW_PROCESSOR_LATENCY_MS="20000",
+                    PAYFLOW_SHUTDOWN_GRACE_SECONDS="60", PAYFLOW_WORKERS_PAYMENTS="1",
+                    PAYFLOW_QUEUE_BATCH_SIZE="3")
+    jobs = [f"process_payment:pay_i{i}:upi" for i in range(10)]
+    lpush(redis_server.port, "payflow_jobs", *jobs)
+    d.wait_for("Processing payment:", count=1)
+    d.send(signal.SIGINT)
+    d.wait_for("daemon.stopping")
+    started = time.monotonic()
+    assert d.stop(signal.SIGINT, timeout=10) == 130
+    assert time.monotonic() - started < 5  # did not wait for the 60 s grace
+    assert "daemon.forced_exit" in d.output()
+    r = redis.Redis(port=redis_server.port)
+    held = [j.decode() for k in r.keys("{payflow_jobs}:processing:*")
+            for j in cast(list[bytes], r.lrange(k, 0, -1))]
+    queued = [j.decode() for j in cast(list[bytes], r.lrange("payflow_jobs", 0, -1))]
+    assert held and sorted(held + queued) == sorted(jobs)  # unacked jobs stay in Redis
+    r.close()

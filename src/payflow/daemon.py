@@ -20,6 +20,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from payflow.config import Config, config_summary
@@ -28,7 +30,9 @@ from payflow.errors import StartupError
 from payflow.handlers import PaymentHandler
 from payflow.payments import PaymentService
 from payflow.processor import SimulatedProcessor
+from payflow.queue.backoff import full_jitter
 from payflow.queue.consumer import Consumer, wait_or_stop
+from payflow.queue.liveness import Liveness
 from payflow.queue.redis import QueueClient, Scripts
 from payflow.queue.scheduler import run_promoter
 from payflow.store import Store, open_store
@@ -57,7 +61,7 @@ async def supervise(name: str, loop: Callable[[], Awaitable[None]], stop: asynci
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.id = new_daemon_id()
+        self.id = config.daemon.id or new_daemon_id()
         self.stop = asyncio.Event()
         self.http_port: int | None = None
         self._embedded: EmbeddedRedis | None = None
@@ -76,8 +80,11 @@ class Daemon:
         self.stop.set()
 
     def _redis(self, url: str, *, single: bool, timeout: float) -> Redis:
+        """A client that fails fast when Redis is away (the callers back off themselves); one
+        immediate retry replaces a connection that went stale when Redis restarted."""
         client = Redis.from_url(url, single_connection_client=single, socket_timeout=timeout,
-                                socket_connect_timeout=5)
+                                socket_connect_timeout=min(timeout, 2.0),
+                                retry=Retry(NoBackoff(), 1))
         self._clients.append(client)
         return client
 
@@ -99,7 +106,7 @@ class Daemon:
         try:
             await self._serve(url, store)
         finally:
-            await self._close(url)
+            await self._close()
             await store.close()
             if self._embedded is not None:
                 self._embedded.stop()
@@ -108,7 +115,7 @@ class Daemon:
 
     async def _serve(self, url: str, st: Store) -> None:
         cfg = self.config
-        intake = self._redis(url, single=False, timeout=5.0)
+        intake = self._redis(url, single=False, timeout=2.0)
 
         async def enqueue(raw: bytes) -> None:
             await intake.lpush(cfg.queue.payments, raw)
@@ -179,9 +186,19 @@ class Daemon:
                                           batch_size=cfg.queue.batch_size, block_seconds=block,
                                           settle_each=each))
         promoter_redis = self._redis(url, single=True, timeout=5.0)
+        liveness = Liveness(self._redis(url, single=True, timeout=5.0), daemon_id=self.id,
+                            lists=[(q.queue, q.processing) for q in self._queues],
+                            heartbeat_seconds=cfg.daemon.heartbeat_seconds,
+                            ttl_seconds=cfg.daemon.heartbeat_ttl_seconds,
+                            reap_interval=cfg.daemon.reap_interval_seconds,
+                            max_redeliveries=cfg.queue.max_redeliveries, stop=self.stop)
+        if not await self._register(liveness):
+            return
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(supervise("heartbeat", liveness.run_heartbeat, liveness.done))
             tasks = [tg.create_task(supervise(c.client.consumer_id, c.run, self.stop))
                      for c in consumers]
+            tasks.append(tg.create_task(supervise("reaper", liveness.run_reaper, self.stop)))
             tasks.append(tg.create_task(supervise(
                 "promoter",
                 lambda: run_promoter(promoter_redis, [cfg.queue.payments, cfg.queue.webhooks],
@@ -196,22 +213,45 @@ class Daemon:
                             grace_seconds=cfg.shutdown.grace_seconds)
                 for task in late:
                     task.cancel()
-
-    async def _close(self, url: str) -> None:
-        """Put back what this daemon still holds, then close every connection."""
-        if self._queues:
-            sweeper = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5)
-            scripts = Scripts(sweeper)
+                await asyncio.wait(late)
             try:
-                moved = 0
-                for q in self._queues:
-                    moved += await scripts.requeue(keys=[q.processing, q.queue])
-                log.info("daemon.requeued", jobs=moved)
+                await self._requeue_leftovers(url)
+                await liveness.stop_beating()
             except (RedisError, OSError) as exc:
                 log.error("daemon.requeue_failed", error=f"{type(exc).__name__}: {exc}",
-                          detail="jobs stay in their processing lists in Redis")
-            finally:
-                await sweeper.aclose()
+                          detail="jobs stay in this daemon's processing lists; the reaper of "
+                                 "another daemon, or this one's next start, recovers them")
+            liveness.done.set()
+
+    async def _register(self, liveness: Liveness) -> bool:
+        """Recover this id's leftovers and register, waiting for Redis if it is away (the HTTP
+        API already answers, /readyz with 503). False if told to stop first."""
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                await liveness.start(wait_for_namesake=bool(self.config.daemon.id))
+                return True
+            except (RedisError, OSError) as exc:
+                failures += 1
+                delay = full_jitter(failures, base=0.2, cap=5.0)
+                log.error("daemon.redis_unavailable", error=f"{type(exc).__name__}: {exc}",
+                          retry_in=round(delay, 3))
+                await wait_or_stop(self.stop, delay)
+        return False
+
+    async def _requeue_leftovers(self, url: str) -> None:
+        """Move whatever this daemon's consumers still hold back to the front of its queue."""
+        sweeper = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5)
+        try:
+            scripts = Scripts(sweeper)
+            moved = 0
+            for q in self._queues:
+                moved += await scripts.requeue(keys=[q.processing, q.queue])
+            log.info("daemon.requeued", jobs=moved)
+        finally:
+            await sweeper.aclose()
+
+    async def _close(self) -> None:
         for client in self._clients:
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()

@@ -64,6 +64,10 @@ class Consumer:
         failures = 0
         while not self.stop.is_set():
             try:
+                # A fetch whose reply was lost (Redis went away) may have moved jobs into our
+                # processing list that we never saw; nothing else is in flight here.
+                if failures and (moved := await self.client.requeue_all()):
+                    self.log.warning("queue.recovered_unseen_jobs", jobs=moved)
                 raws = await self.client.fetch(self.batch_size, self.block_seconds)
             except (RedisError, OSError) as exc:
                 failures += 1
