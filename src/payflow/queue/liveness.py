@@ -24,7 +24,7 @@ from payflow.models import now_iso
 from payflow.queue import keys
 from payflow.queue.backoff import full_jitter
 from payflow.queue.consumer import wait_or_stop
-from payflow.queue.redis import Scripts
+from payflow.queue.redis import Scripts, dead_entry
 
 log = structlog.get_logger("payflow.liveness")
 
@@ -128,12 +128,17 @@ class Liveness:
             log.error("daemon.bad_registry_entry", daemon_id=daemon_id)
             return 0, 0
         requeued = dead = 0
+        reason = (f"poison: in flight each of the {self.max_redeliveries + 1} times its "
+                  f"consumer died (max_redeliveries {self.max_redeliveries})")
         for queue, processing in lists:
             jobs = [_bytes(job) for job in await self.redis.lrange(processing, 0, -1)]
+            pairs: list[bytes | str] = []
+            for job in jobs:
+                pairs += [hashlib.sha1(job).hexdigest(),
+                          dead_entry(queue, job, reason, consumer=daemon_id)]
             moved, poisoned = await self.scripts.reap(
                 keys=[processing, queue, keys.dead(queue), keys.redeliveries(queue)],
-                args=[self.max_redeliveries, now_iso(), daemon_id, REDELIVERY_MEMORY_SECONDS,
-                      queue, *(hashlib.sha1(job).hexdigest() for job in jobs)])
+                args=[self.max_redeliveries, REDELIVERY_MEMORY_SECONDS, *pairs])
             requeued += int(moved)
             dead += int(poisoned)
         return requeued, dead

@@ -1,33 +1,29 @@
 -- Recover the processing list of a dead consumer (KEYS[1]) into its queue (KEYS[2]).
--- A job reaped more than ARGV[1] times (counted in the hash KEYS[4] by the job's SHA-1, which
--- expires ARGV[4] seconds after the last reap) is poison: it goes to the dead list KEYS[3].
--- ARGV: 1 max redeliveries, 2 now (ISO-8601), 3 the dead consumer's id, 4 counter TTL seconds,
--- 5 the queue's name, 6… the SHA-1 of each job of the list as the caller read it (newest
--- first; computed by the caller, as not every Redis-protocol server has redis.sha1hex).
+-- A job reaped more than ARGV[1] times (counted in the hash KEYS[4] by the job's SHA-1; the
+-- hash expires ARGV[2] seconds after the last reap) is poison: its dead-letter entry goes to
+-- KEYS[3]. ARGV[3…] are pairs (SHA-1 of the job, its dead-letter entry), one per job of the
+-- list as the caller read it, newest first (the caller builds them: not every Redis-protocol
+-- server has redis.sha1hex, or a cjson that takes any bytes).
 -- Returns {requeued, dead}, or an error when the list changed since the caller read it.
 local jobs = redis.call('LRANGE', KEYS[1], 0, -1)  -- newest first
-if #jobs ~= #ARGV - 5 then
+if #jobs * 2 ~= #ARGV - 2 then
   return redis.error_reply('reap: the processing list changed; read it again')
 end
+local max = tonumber(ARGV[1])
 local requeued, dead = 0, 0
 for i = 1, #jobs do
-  local job = jobs[i]
-  local sha = ARGV[5 + i]
-  local n = redis.call('HINCRBY', KEYS[4], sha, 1)
-  if n > tonumber(ARGV[1]) then
+  local sha = ARGV[1 + 2 * i]
+  if redis.call('HINCRBY', KEYS[4], sha, 1) > max then
     redis.call('HDEL', KEYS[4], sha)
-    redis.call('LPUSH', KEYS[3], cjson.encode({
-      queue = ARGV[5], job = job, failed_at = ARGV[2], consumer = ARGV[3],
-      reason = 'poison: in flight each of the ' .. n .. ' times its consumer died ' ..
-               '(max_redeliveries ' .. ARGV[1] .. ')'}))
+    redis.call('LPUSH', KEYS[3], ARGV[2 + 2 * i])
     dead = dead + 1
   else
-    redis.call('RPUSH', KEYS[2], job)  -- the oldest ends up at the consuming end
+    redis.call('RPUSH', KEYS[2], jobs[i])  -- the oldest ends up at the consuming end
     requeued = requeued + 1
   end
 end
 redis.call('DEL', KEYS[1])
 if #jobs > 0 then
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
 end
 return {requeued, dead}
