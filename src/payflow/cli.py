@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from payflow import __version__
+from payflow import __version__, cli_dead
 from payflow.errors import ConfigError, StartupError
 
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=("console", "json"),
                        help="console lines or JSON lines ([log] format; default: console on "
                             "a terminal, JSON otherwise)")
+    cli_dead.add_parser(sub)
     return parser
 
 
@@ -74,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "dead":
+        return cli_dead.run(args)
     parser.print_help()
     return 2
 

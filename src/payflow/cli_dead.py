@@ -1,0 +1,240 @@
+"""``payflow dead list|replay|purge``: look at and act on the dead-letter lists
+(``{<queue>}:dead``) of a Redis that a daemon uses. The work is done by
+:mod:`payflow.deadletters`; this module is the command line around it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from payflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from payflow.deadletters import DeadEntry
+
+JOB_SHOWN = 200  # characters of a job shown by `payflow dead list`
+
+Action = Callable[["Redis", Sequence[str], argparse.Namespace], Awaitable[int]]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``dead`` and its actions to the ``payflow`` command's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH",
+                        help="configuration file (default: $PAYFLOW_CONFIG, else ./payflow.toml "
+                             "if present)")
+    common.add_argument("--redis-url", metavar="URL",
+                        help='the Redis of the daemon: redis://host:port/db, rediss://…, '
+                             'unix://…, or "embedded" for the embedded server of a running '
+                             "`payflow serve` on 127.0.0.1:[redis] embedded_port ([redis] url)")
+    common.add_argument("--queue", metavar="Q",
+                        help="only this queue: [queue] payments or [queue] webhooks "
+                             "(default: both)")
+    dead = sub.add_parser(
+        "dead", help="list, replay or purge dead-lettered jobs",
+        description="Dead-lettered jobs are kept in {<queue>}:dead. Each entry has an ID (from "
+                    "its content) that `payflow dead list` shows and `payflow dead replay` "
+                    "takes.")
+    actions = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "list", parents=[common], help="show dead-letter entries, newest first",
+        description="Show the dead-letter entries of each queue, newest first.")
+    show.add_argument("--limit", metavar="N", type=_count_arg, default=20,
+                      help="at most N entries per queue (default 20; 0: all)")
+    show.add_argument("--json", action="store_true",
+                      help="one JSON object per entry and line: id, queue, failed_at, reason, "
+                           "consumer, job (non-UTF-8 bytes as \\xNN)")
+    again = actions.add_parser(
+        "replay", parents=[common], help="put dead jobs back on their queue",
+        description="Put the job of each entry back on its queue and remove the entry, in one "
+                    "atomic step per entry. A JSON envelope job starts again at attempt 0.")
+    again.add_argument("ids", nargs="*", metavar="ID", help="entry IDs from `payflow dead list`")
+    again.add_argument("--all", action="store_true", help="every entry")
+    again.set_defaults(dead_parser=again)
+    purge = actions.add_parser(
+        "purge", parents=[common], help="delete dead-letter lists",
+        description="Delete the dead-letter list of each queue.")
+    purge.add_argument("--yes", action="store_true",
+                       help="really delete (without it: only say what would be deleted)")
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from payflow._config_parse import mask_url
+    from payflow.config import load_config
+    from payflow.embedded import EmbeddedRedis
+
+    if args.dead_command == "replay" and bool(args.all) == bool(args.ids):
+        args.dead_parser.error("give either one or more IDs or --all")
+    try:
+        config = load_config(args.config, overrides={"redis": {"url": args.redis_url}},
+                             override_sources={("redis", "url"): "--redis-url"})
+    except ConfigError as exc:
+        print(f"payflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    known = [config.queue.payments, config.queue.webhooks]
+    queues = known if args.queue is None else [args.queue]
+    if args.queue not in (None, *known):
+        print(f"payflow: --queue: unknown queue {args.queue!r}: expected {known[0]!r} ([queue] "
+              f"payments) or {known[1]!r} ([queue] webhooks)", file=sys.stderr)
+        return 2
+    url = config.redis.url
+    if url == "embedded":
+        url = EmbeddedRedis(config.redis.embedded_port).url
+    _tolerant_output()
+    try:
+        return asyncio.run(_session(url, queues, _ACTIONS[args.dead_command], args))
+    except BrokenPipeError:  # `payflow dead list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (OSError, RedisConnectionError, RedisTimeoutError) as exc:
+        hint = (" (the embedded Redis of [redis] url \"embedded\" runs only inside "
+                "`payflow serve`: is it running?)" if config.redis.url == "embedded" else "")
+        print(f"payflow: cannot reach Redis at {mask_url(url, lone_user_is_secret=True)}: "
+              f"{_one_line(exc)}{hint}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"payflow: Redis error at {mask_url(url, lone_user_is_secret=True)}: "
+              f"{_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _tolerant_output() -> None:
+    """Jobs may hold anything: never fail to print them on a terminal that is not UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+async def _session(url: str, queues: Sequence[str], action: Action,
+                   args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        return await action(client, queues, args)
+    finally:
+        await client.aclose()
+
+
+# --- the actions ----------------------------------------------------------------------------
+
+
+async def _list(redis: Redis, queues: Sequence[str], args: argparse.Namespace) -> int:
+    from payflow.deadletters import list_dead
+    from payflow.queue import keys
+
+    for n, queue in enumerate(queues):
+        if args.json:
+            for entry in await list_dead(redis, queue, limit=args.limit or None):
+                print(json.dumps(_entry_json(entry)))
+            continue
+        total = await redis.llen(keys.dead(queue))
+        entries = await list_dead(redis, queue, limit=args.limit or None)
+        shown = f", newest {len(entries)} shown" if len(entries) < total else ""
+        print(("\n" if n else "") + f"{keys.dead(queue)}: {_entries(total)}{shown}")
+        for entry in entries:
+            print(f"{entry.id}  {entry.queue}  {entry.failed_at or '-'}\n"
+                  f"  reason: {_printable(entry.reason)}\n"
+                  f"  job: {_job_text(entry.job)}")
+    return 0
+
+
+def _entry_json(entry: DeadEntry) -> dict[str, str]:
+    return {"id": entry.id, "queue": entry.queue, "failed_at": entry.failed_at,
+            "reason": entry.reason, "consumer": entry.consumer,
+            "job": entry.job.decode("utf-8", "backslashreplace")}
+
+
+async def _replay(redis: Redis, queues: Sequence[str], args: argparse.Namespace) -> int:
+    from payflow.deadletters import replay
+
+    total = 0
+    pending: list[str] | None = None if args.all else list(dict.fromkeys(args.ids))
+    for queue in queues:
+        count, missing = await replay(redis, queue, pending)
+        total += count
+        if pending is not None:
+            pending = missing
+            if not pending:
+                break
+    print(f"replayed {total}")
+    for missing_id in pending or ():
+        print(f"payflow: no dead-letter entry {missing_id!r} in "
+              f"{' or '.join(_dead_keys(queues))}", file=sys.stderr)
+    return 1 if pending else 0
+
+
+async def _purge(redis: Redis, queues: Sequence[str], args: argparse.Namespace) -> int:
+    from payflow.deadletters import purge
+
+    for dead, queue in zip(_dead_keys(queues), queues, strict=True):
+        if args.yes:
+            print(f"{dead}: deleted {_entries(await purge(redis, queue))}")
+        else:
+            print(f"{dead}: {_entries(await redis.llen(dead))} would be deleted")
+    if not args.yes:
+        print("payflow: nothing deleted: add --yes to delete", file=sys.stderr)
+        return 1
+    return 0
+
+
+_ACTIONS: dict[str, Action] = {"list": _list, "replay": _replay, "purge": _purge}
+
+
+# --- printing -------------------------------------------------------------------------------
+
+
+def _dead_keys(queues: Sequence[str]) -> list[str]:
+    from payflow.queue import keys
+
+    return [keys.dead(queue) for queue in queues]
+
+
+def _entries(n: int) -> str:
+    return "1 entry" if n == 1 else f"{n} entries"
+
+
+def _job_text(job: bytes) -> str:
+    text = _printable(job.decode("utf-8", "backslashreplace"))
+    return text if len(text) <= JOB_SHOWN else f"{text[:JOB_SHOWN]}… ({len(job)} bytes)"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped (a job must not move the
+    terminal's cursor or end its line)."""
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
