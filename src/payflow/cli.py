@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from payflow import __version__, cli_dead
+from payflow import __version__, cli_dead, cli_listen
 from payflow.errors import ConfigError, StartupError
 
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="console lines or JSON lines ([log] format; default: console on "
                             "a terminal, JSON otherwise)")
     cli_dead.add_parser(sub)
+    cli_listen.add_parser(sub)
     return parser
 
 
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "dead":
         return cli_dead.run(args)
+    if args.command == "listen":
+        return cli_listen.run(args)
     parser.print_help()
     return 2
 
