@@ -127,7 +127,10 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
              start: bool = True, **settings: str) -> Daemon:
         env = daemon_env(**{"PAYFLOW_HTTP_PORT": str(free_port()),
                             "PAYFLOW_REDIS_EMBEDDED_PORT": str(free_port()),
-                            "PAYFLOW_SHUTDOWN_GRACE_SECONDS": "5", **settings})
+                            "PAYFLOW_SHUTDOWN_GRACE_SECONDS": "5",
+                            # test receivers listen on this machine
+                            "PAYFLOW_WEBHOOKS_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
+                            **settings})
         if redis_url is not None:
             env["PAYFLOW_REDIS_URL"] = redis_url
         d = Daemon(tmp_path, env, args if args is not None else ["--log-format", "console"])

@@ -28,8 +28,7 @@ FAST_RECOVERY = {
     "PAYFLOW_DAEMON_HEARTBEAT_SECONDS": "0.3",
     "PAYFLOW_DAEMON_HEARTBEAT_TTL_SECONDS": "1.5",
     "PAYFLOW_DAEMON_REAP_INTERVAL_SECONDS": "0.3",
-    "PAYFLOW_WEBHOOKS_BACKOFF_BASE_SECONDS": "0.1",
-    "PAYFLOW_WEBHOOKS_BACKOFF_MAX_SECONDS": "1",
+    "PAYFLOW_WEBHOOKS_RETRY_SCHEDULE": "0.1,0.2,0.4,0.8,1",
     "PAYFLOW_WEBHOOKS_MAX_ATTEMPTS": "30",
     "PAYFLOW_QUEUE_PROMOTE_INTERVAL_SECONDS": "0.1",
 }
@@ -191,7 +190,7 @@ async def test_receiver_failures_are_retried_until_delivered(
     r = redis.Redis(port=redis_server.port)
     try:
         d = make_daemon(redis_server.url, PAYFLOW_WEBHOOKS_ENDPOINTS=rec.url,
-                        **{**FAST_RECOVERY, "PAYFLOW_WEBHOOKS_BACKOFF_BASE_SECONDS": "0.2"})
+                        **{**FAST_RECOVERY, "PAYFLOW_WEBHOOKS_RETRY_SCHEDULE": "0.2,0.4,1"})
         ids = push_payments(r, "pay_rx", 40)
         await until(lambda: d.output().count("Webhook delivery failed") >= 40, 30,
                     lambda: d.output()[-2000:])

@@ -14,6 +14,8 @@ import pytest
 
 from payflow._config_parse import BoolRule, Invalid, mask_url
 from payflow.config import (
+    ApiConfig,
+    ApiKeyConfig,
     Config,
     EndpointConfig,
     HttpConfig,
@@ -75,7 +77,7 @@ def test_defaults() -> None:
     assert config.queue.block_timeout_seconds == 1.0
     assert config.workers.payments == 8
     assert config.processor.failure_rate == 0.0
-    assert config.webhooks.backoff_max_seconds == 3600.0
+    assert config.webhooks.retry_schedule[0] == 5.0 and config.webhooks.max_attempts == 10
     assert config.webhooks.allow_networks == ()
     assert config.webhooks.endpoints == ()
     assert config.store.url == "memory://"
@@ -178,7 +180,7 @@ def test_override_strings_are_read_like_env() -> None:
 
 
 def test_unrelated_payflow_env_vars_ignored() -> None:
-    env = {"PAYFLOW_CONFIG": "", "PAYFLOW_REQUIRE_SERVICES": "1", "PAYFLOW_API_KEYS": "k1,k2",
+    env = {"PAYFLOW_CONFIG": "", "PAYFLOW_REQUIRE_SERVICES": "1", "PAYFLOW_LISTEN_SECRET": "k",
            "PAYFLOW_HTTPX_PORT": "x", "PAYFLOW_LOGS_DIR": "/tmp", "PAYFLOW_HTTP_": "1",
            "HTTP_PORT": "abc", "payflow_http_port": "abc"}
     assert load_config(env=env) == Config()
@@ -191,7 +193,7 @@ def test_unknown_section_in_file(tmp_path: Path) -> None:
     path = tmp_path / "payflow.toml"
     assert error_of(tmp_path, "[htp]\nport = 1\n") == (
         "[htp]: unknown section, expected one of redis, http, queue, workers, processor, "
-        f"webhooks, store, log, shutdown, daemon (from {path})")
+        f"webhooks, store, log, shutdown, api, daemon (from {path})")
 
 
 def test_section_not_a_table(tmp_path: Path) -> None:
@@ -275,8 +277,8 @@ def test_string_for_float_in_file(tmp_path: Path) -> None:
     ("processor", "max_attempts", 101, "an integer from 1 to 100"),
     ("webhooks", "timeout_seconds", 0.05, "a number from 0.1 to 120"),
     ("webhooks", "max_attempts", 51, "an integer from 1 to 50"),
-    ("webhooks", "backoff_base_seconds", 86401, "a number from 0.01 to 86400"),
-    ("webhooks", "backoff_max_seconds", 604801, "a number from 0.01 to 604800"),
+    ("webhooks", "disable_after_hours", 0, "a number from 0.001 to 8760"),
+    ("webhooks", "secret_rotation_grace_hours", 721, "a number from 0 to 720"),
     ("webhooks", "simulate_failure_rate", 1.5, "a number from 0 to 1"),
     ("shutdown", "grace_seconds", 3601, "a number from 0 to 3600"),
 ])
@@ -348,15 +350,16 @@ def test_duplicate_queue_names_blame_the_later_source(tmp_path: Path) -> None:
         "got 'q' (from PAYFLOW_QUEUE_PAYMENTS)")
 
 
-def test_backoff_max_below_base() -> None:
-    assert error_of(Path(), env={"PAYFLOW_WEBHOOKS_BACKOFF_MAX_SECONDS": "1"}) == (
-        "[webhooks] backoff_max_seconds: expected a number from 5 ([webhooks] "
-        "backoff_base_seconds) to 604800, got '1' (from PAYFLOW_WEBHOOKS_BACKOFF_MAX_SECONDS)")
-    assert error_of(Path(), overrides={"webhooks": {"backoff_base_seconds": 7200}}) == (
-        "[webhooks] backoff_base_seconds: expected a number from 0.01 to 3600 ([webhooks] "
-        "backoff_max_seconds), got 7200 (from command line)")
-    config = load_config(env={}, overrides={"webhooks": {"backoff_base_seconds": 3600}})
-    assert config.webhooks.backoff_base_seconds == config.webhooks.backoff_max_seconds
+def test_retry_schedule() -> None:
+    config = load_config(env={"PAYFLOW_WEBHOOKS_RETRY_SCHEDULE": "0.5, 2,10"})
+    assert config.webhooks.retry_schedule == (0.5, 2.0, 10.0)
+    assert error_of(Path(), env={"PAYFLOW_WEBHOOKS_RETRY_SCHEDULE": "1,soon"}) == (
+        "[webhooks] retry_schedule[1]: expected a number from 0.01 to 604800, got 'soon' "
+        "(from PAYFLOW_WEBHOOKS_RETRY_SCHEDULE)")
+    assert error_of(Path(), overrides={"webhooks": {"retry_schedule": []}}).startswith(
+        "[webhooks] retry_schedule: expected a list of 1 to 49 numbers")
+    assert error_of(Path(), overrides={"webhooks": {"retry_schedule": [1, True]}}).startswith(
+        "[webhooks] retry_schedule[1]: expected a number")
 
 
 def test_bad_cidr(tmp_path: Path) -> None:
@@ -459,7 +462,9 @@ def test_bad_endpoint_url_in_env() -> None:
 def test_shipped_file_loads_and_matches_defaults() -> None:
     config = load_config(SHIPPED, env={})
     assert config.webhooks.allow_networks == ("127.0.0.0/8", "::1/128")
-    assert config == Config(webhooks=WebhooksConfig(allow_networks=("127.0.0.0/8", "::1/128")))
+    dev_key = ApiKeyConfig(name="dev-test-key", secret="sk_test_payflow_dev_only_0000")
+    assert config == Config(webhooks=WebhooksConfig(allow_networks=("127.0.0.0/8", "::1/128")),
+                            api=ApiConfig(keys=(dev_key,)))
 
 
 def test_shipped_file_documents_every_key() -> None:
@@ -472,7 +477,8 @@ def test_shipped_file_documents_every_key() -> None:
     assert {section: set(table) for section, table in data.items()} == expected
     lines = SHIPPED.read_text(encoding="utf-8").splitlines()
     for index, line in enumerate(lines):
-        if re.match(r"^[a-z_]+ = ", line):
+        if re.match(r"^[a-z_]+ = ", line) and not lines[index - 1].startswith(
+                ("[[", "name = ")):  # inside an array-of-tables entry, documented above it
             assert lines[index - 1].startswith("# "), f"no comment above {line!r}"
     assert "# [[webhooks.endpoints]]" in lines
 
@@ -536,3 +542,19 @@ def test_daemon_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[daemon\] heartbeat_ttl_seconds: expected a number "
                                           r"greater than \[daemon\] heartbeat_seconds"):
         load_config(None, env={"PAYFLOW_DAEMON_HEARTBEAT_TTL_SECONDS": "1"})
+
+
+def test_api_keys_from_file_and_env(tmp_path: Path) -> None:
+    keys = "ci:sk_live_aaaaaaaaaaaaaaaa, b:bbbbbbbbbbbbbbbbbbbb"
+    config = load_config(None, env={"PAYFLOW_CONFIG": "", "PAYFLOW_API_KEYS": keys})
+    assert [k.name for k in config.api.keys] == ["ci", "b"]
+    assert config.api.keys[0].secret == "sk_live_aaaaaaaaaaaaaaaa"
+    assert "aaaa" not in repr(config.api.keys[0])  # the secret stays out of reprs and logs
+    for value, message in [("nocolon", "expected name:secret"),
+                           ("k:short", "16 to 256 printable characters"),
+                           ("a b:xxxxxxxxxxxxxxxxxxxx", "1 to 64 letters"),
+                           ("k:xxxxxxxxxxxxxxxxxxxx,k:yyyyyyyyyyyyyyyyyyyy", "used by no other")]:
+        with pytest.raises(ConfigError, match=message) as info:
+            load_config(None, env={"PAYFLOW_CONFIG": "", "PAYFLOW_API_KEYS": value})
+        assert "PAYFLOW_API_KEYS" in str(info.value)
+        assert "xxxxxxxx" not in str(info.value)  # never echo a secret

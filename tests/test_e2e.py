@@ -127,6 +127,11 @@ async def test_posted_payment_reaches_a_local_receiver(
         assert event["data"]["amount"] == 1999 and event["data"]["metadata"] == {"order": "42"}
         assert hit["headers"]["webhook-id"] == event["id"]
         assert int(hit["headers"]["webhook-timestamp"]) > 0
+        async with aiohttp.ClientSession() as http, http.get(f"{d.base_url}/metrics") as resp:
+            text = await resp.text()
+        assert 'payflow_payments_total{status="succeeded"} 1.0' in text
+        assert 'payflow_webhook_attempts_total{outcome="succeeded",status="2xx"} 1.0' in text
+        assert 'payflow_jobs_total{outcome="done",queue="payflow_jobs"} 1.0' in text
         assert d.stop() == 0
     finally:
         await runner.cleanup()
@@ -142,7 +147,7 @@ async def test_failing_receiver_is_retried_with_delay_then_dead(
         d = make_daemon(redis_server.url,
                         PAYFLOW_WEBHOOKS_ENDPOINTS=f"http://127.0.0.1:{port}/hook",
                         PAYFLOW_WEBHOOKS_MAX_ATTEMPTS="3",
-                        PAYFLOW_WEBHOOKS_BACKOFF_BASE_SECONDS="0.2",
+                        PAYFLOW_WEBHOOKS_RETRY_SCHEDULE="0.2,0.2",
                         PAYFLOW_QUEUE_PROMOTE_INTERVAL_SECONDS="0.05")
         lpush(redis_server.port, "payflow_jobs", "process_payment:pay_flaky_1:card")
         r = redis.Redis(port=redis_server.port)
@@ -164,7 +169,7 @@ def test_bad_jobs_go_to_dead_and_the_daemon_keeps_running(
         make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
     d = make_daemon(redis_server.url)
     bad: list[bytes] = [b"garbage", b"", b"\xff\xfe\x00\x01", b"x" * 1_000_000,
-                        b'{"v":1,"kind":"refund"}', b"process_payment:pay_1:bitcoin"]
+                        b'{"v":1,"kind":"chargeback"}', b"process_payment:pay_1:bitcoin"]
     for queue in ("payflow_jobs", "webhook_jobs"):
         lpush(redis_server.port, queue, *bad)
     lpush(redis_server.port, "payflow_jobs", SEED_JOB)

@@ -165,6 +165,35 @@ class StrTupleRule(Rule):
         return self.native([entry.strip() for entry in value.split(",") if entry.strip()])
 
 
+class FloatTupleRule(Rule):
+    """A non-empty list of numbers from ``low`` to ``high``; from the environment,
+    comma-separated."""
+
+    def __init__(self, low: float, high: float, *, most: int) -> None:
+        self.low, self.high, self.most = low, high, most
+        self.expected = (f"a list of 1 to {most} numbers, each from {number(low)} to "
+                         f"{number(high)}")
+
+    def native(self, value: object) -> object:
+        if not isinstance(value, list | tuple) or not 1 <= len(value) <= self.most:
+            raise bad(self.expected, value)
+        for index, entry in enumerate(value):
+            ok = isinstance(entry, int | float) and not isinstance(entry, bool)
+            if not ok or not self.low <= entry <= self.high:
+                raise bad(f"a number from {number(self.low)} to {number(self.high)}", entry,
+                          f"[{index}]")
+        return tuple(float(entry) for entry in value)
+
+    def text(self, value: str) -> object:
+        entries: list[object] = []
+        for entry in (e.strip() for e in value.split(",") if e.strip()):
+            try:
+                entries.append(float(entry))
+            except ValueError:
+                entries.append(entry)
+        return self.native(entries)
+
+
 # --- checks ---------------------------------------------------------------------------------
 
 
@@ -303,3 +332,52 @@ class EndpointsRule(Rule):
         if not isinstance(description, str):
             raise bad("a string", description, f"{at}.description")
         return self.build(url, secret, tuple(events), description)
+
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_KEY_SECRET = re.compile(r"[\x21-\x2b\x2d-\x7e]{16,256}")  # printable, no space or comma
+API_KEY_SECRET = "16 to 256 printable characters without spaces or commas"
+
+
+class ApiKeysRule(Rule):
+    """``[[api.keys]]`` tables with ``name`` and ``secret`` (or, from the environment,
+    ``PAYFLOW_API_KEYS="name:secret,name2:secret2"``); ``build(name, secret)`` makes each."""
+
+    expected = "a list of [[api.keys]] tables with name and secret"
+
+    def __init__(self, build: Callable[[str, str], object]) -> None:
+        self.build = build
+
+    def native(self, value: object) -> object:
+        if not isinstance(value, list | tuple):
+            raise bad(self.expected, value)
+        names: set[str] = set()
+        keys = []
+        for index, item in enumerate(value):
+            at = f"[{index}]"
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                item = dataclasses.asdict(item)
+            if not isinstance(item, Mapping):
+                raise bad("a table with name and secret", item, at)
+            for key in item:
+                if key not in ("name", "secret"):
+                    raise Invalid("unknown key, expected one of name, secret", f"{at}.{key}")
+            name, secret = item.get("name"), item.get("secret")
+            if not isinstance(name, str) or not _KEY_NAME.fullmatch(name):
+                raise bad("1 to 64 letters, digits, '.', '_' or '-'", name, f"{at}.name")
+            if name in names:
+                raise bad("a name used by no other key", name, f"{at}.name")
+            if not isinstance(secret, str) or not _KEY_SECRET.fullmatch(secret):
+                raise Invalid(f"expected {API_KEY_SECRET} (value hidden)", f"{at}.secret")
+            names.add(name)
+            keys.append(self.build(name, secret))
+        return tuple(keys)
+
+    def text(self, value: str) -> object:
+        items: list[object] = []
+        for index, entry in enumerate(e.strip() for e in value.split(",") if e.strip()):
+            name, sep, secret = entry.partition(":")
+            if not sep:
+                raise Invalid("expected name:secret (value hidden)", f"[{index}]")
+            items.append({"name": name, "secret": secret})
+        return self.native(items)

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, cast
 
 from payflow._config_parse import (
+    ApiKeysRule,
+    BoolRule,
     EndpointsRule,
     FloatRule,
+    FloatTupleRule,
     IntRule,
     Invalid,
     Rule,
@@ -31,7 +34,6 @@ from payflow._config_parse import (
     is_redis_url,
     is_token,
     mask_url,
-    number,
     show,
     url_scheme_ok,
 )
@@ -109,9 +111,12 @@ class EndpointConfig:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WebhooksConfig:
     timeout_seconds: float = 15.0
-    max_attempts: int = 8
-    backoff_base_seconds: float = 5.0
-    backoff_max_seconds: float = 3600.0
+    max_attempts: int = 10  # attempts in all; past the schedule's end its last delay repeats
+    # Standard Webhooks' schedule: the delays before attempts 2, 3, … (attempt 1 is at once).
+    retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0,
+                                         50400.0, 72000.0, 86400.0)
+    disable_after_hours: float = 120.0
+    secret_rotation_grace_hours: float = 24.0
     simulate_failure_rate: float = 0.0  # only used by the log sink (no endpoints)
     allow_networks: tuple[str, ...] = ()  # CIDRs receivers may resolve to despite being private
     endpoints: tuple[EndpointConfig, ...] = ()
@@ -134,6 +139,20 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ApiKeyConfig:
+    name: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApiConfig:
+    keys: tuple[ApiKeyConfig, ...] = ()  # none: the API is open (a warning off loopback)
+    require_idempotency_key: bool = False
+    idempotency_ttl_hours: float = 24.0
+    metrics_public: bool = True  # False: /metrics needs an API key too
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DaemonConfig:
     id: str = ""  # empty: <hostname>-<pid>-<random>, new at every start
     heartbeat_seconds: float = 2.0
@@ -153,12 +172,11 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
 
 # --- what each key allows -------------------------------------------------------------------
 
-_BACKOFF_LOW: Final = 0.01
-_BACKOFF_HIGH: Final = 604800.0  # a week
 _QUEUE_NAME = StrRule("a non-empty name without '{', '}' or whitespace", is_queue_name)
 _RATE = FloatRule(0.0, 1.0)
 
@@ -196,8 +214,9 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
     "webhooks": (WebhooksConfig, {
         "timeout_seconds": FloatRule(0.1, 120.0),
         "max_attempts": IntRule(1, 50),
-        "backoff_base_seconds": FloatRule(_BACKOFF_LOW, 86400.0),
-        "backoff_max_seconds": FloatRule(_BACKOFF_LOW, _BACKOFF_HIGH),
+        "retry_schedule": FloatTupleRule(0.01, 604800.0, most=49),
+        "disable_after_hours": FloatRule(0.001, 8760.0),
+        "secret_rotation_grace_hours": FloatRule(0.0, 720.0),
         "simulate_failure_rate": _RATE,
         "allow_networks": StrTupleRule("a list of IP networks such as ['10.0.0.0/8']",
                                        "an IP network such as '10.0.0.0/8'", is_network),
@@ -209,6 +228,12 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
     }),
     "log": (LogConfig, {"format": choice(LOG_FORMATS), "level": choice(LOG_LEVELS)}),
     "shutdown": (ShutdownConfig, {"grace_seconds": FloatRule(0.0, 3600.0)}),
+    "api": (ApiConfig, {
+        "keys": ApiKeysRule(lambda name, secret: ApiKeyConfig(name=name, secret=secret)),
+        "require_idempotency_key": BoolRule(),
+        "idempotency_ttl_hours": FloatRule(0.01, 720.0),
+        "metrics_public": BoolRule(),
+    }),
     "daemon": (DaemonConfig, {
         "id": StrRule("empty, or 1 to 64 letters, digits, '.', '_' or '-'", is_daemon_id),
         "heartbeat_seconds": FloatRule(0.1, 60.0),
@@ -365,16 +390,6 @@ def _cross_check(config: Config, settings: _Settings) -> None:
         key, setting, other = blame("payments", "webhooks", "queue")
         raise ConfigError(f"[queue] {key}: expected a queue name different from [queue] "
                           f"{other}, got {show(setting.given)} (from {setting.source})")
-    hooks = config.webhooks
-    if hooks.backoff_base_seconds > hooks.backoff_max_seconds:
-        key, setting, other = blame("backoff_base_seconds", "backoff_max_seconds", "webhooks")
-        base, top = number(hooks.backoff_base_seconds), number(hooks.backoff_max_seconds)
-        if key == "backoff_max_seconds":
-            allowed = f"{base} ([webhooks] {other}) to {number(_BACKOFF_HIGH)}"
-        else:
-            allowed = f"{number(_BACKOFF_LOW)} to {top} ([webhooks] {other})"
-        raise ConfigError(f"[webhooks] {key}: expected a number from {allowed}, "
-                          f"got {show(setting.given)} (from {setting.source})")
     daemon = config.daemon
     if daemon.heartbeat_ttl_seconds <= daemon.heartbeat_seconds:
         key, setting, other = blame("heartbeat_ttl_seconds", "heartbeat_seconds", "daemon")
@@ -405,5 +420,7 @@ def config_summary(config: Config) -> dict[str, object]:
          "enabled_events": list(endpoint.enabled_events), "description": endpoint.description}
         for endpoint in config.webhooks.endpoints
     ]
+    cast(dict[str, object], summary["api"])["keys"] = [
+        {"name": key.name, "secret": "***"} for key in config.api.keys]
     return summary
 

@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import aiohttp
 import structlog
@@ -24,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from payflow import metrics
 from payflow.config import Config, config_summary
 from payflow.embedded import EmbeddedRedis
 from payflow.errors import StartupError
@@ -37,10 +39,15 @@ from payflow.queue.redis import QueueClient, Scripts
 from payflow.queue.scheduler import run_promoter
 from payflow.store import Store, open_store
 from payflow.web import WebContext, create_app
+from payflow.web.idempotency import Idempotency
 from payflow.webhooks.delivery import HttpDelivery, LogSink
+from payflow.webhooks.endpoints import seed_endpoints
 from payflow.webhooks.sender import RetryPolicy, WebhookHandler
+from payflow.webhooks.ssrf import AddressPolicy, make_connector
 
 log = structlog.get_logger("payflow.daemon")
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def new_daemon_id() -> str:
@@ -120,6 +127,9 @@ class Daemon:
         async def enqueue(raw: bytes) -> None:
             await intake.lpush(cfg.queue.payments, raw)
 
+        async def enqueue_webhook(raw: bytes) -> None:
+            await intake.lpush(cfg.queue.webhooks, raw)
+
         async def ping() -> bool:
             try:
                 return bool(await intake.ping())
@@ -127,22 +137,35 @@ class Daemon:
                 return False
 
         ctx = WebContext(store=st, enqueue_payment=enqueue, ping=ping,
-                         max_body_bytes=cfg.http.max_body_bytes)
+                         enqueue_webhook=enqueue_webhook,
+                         max_body_bytes=cfg.http.max_body_bytes,
+                         rotation_grace_hours=cfg.webhooks.secret_rotation_grace_hours,
+                         api_keys=cfg.api.keys, metrics_public=cfg.api.metrics_public,
+                         idempotency=Idempotency(
+                             intake, ttl_seconds=cfg.api.idempotency_ttl_hours * 3600,
+                             required=cfg.api.require_idempotency_key))
+        if not cfg.api.keys and cfg.http.host not in LOOPBACK_HOSTS:
+            log.warning("api.open", host=cfg.http.host,
+                        detail="no API key is configured and the API listens beyond loopback: "
+                               "anyone who reaches it can create payments; add [[api.keys]] "
+                               "or PAYFLOW_API_KEYS")
+        await seed_endpoints(st, cfg.webhooks.endpoints)
         processor = SimulatedProcessor(latency_ms=cfg.processor.latency_ms,
                                        failure_rate=cfg.processor.failure_rate)
         payments = PaymentHandler(PaymentService(st, processor,
                                                  max_attempts=cfg.processor.max_attempts),
                                   max_job_bytes=cfg.queue.max_job_bytes)
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        guard = AddressPolicy(cfg.webhooks.allow_networks)
+        session = aiohttp.ClientSession(connector=make_connector(guard, limit=100))
         try:
             webhooks = WebhookHandler(
-                store=st, endpoints=cfg.webhooks.endpoints,
-                http=HttpDelivery(session, timeout=cfg.webhooks.timeout_seconds),
+                store=st,
+                http=HttpDelivery(session, timeout=cfg.webhooks.timeout_seconds, policy=guard),
                 sink=LogSink(failure_rate=cfg.webhooks.simulate_failure_rate),
-                policy=RetryPolicy(max_attempts=cfg.webhooks.max_attempts,
-                                   base_seconds=cfg.webhooks.backoff_base_seconds,
-                                   max_seconds=cfg.webhooks.backoff_max_seconds),
-                max_job_bytes=cfg.queue.max_job_bytes)
+                policy=RetryPolicy(schedule=cfg.webhooks.retry_schedule,
+                                   max_attempts=cfg.webhooks.max_attempts),
+                max_job_bytes=cfg.queue.max_job_bytes,
+                disable_after=timedelta(hours=cfg.webhooks.disable_after_hours))
             runner = web.AppRunner(create_app(ctx), access_log=None, handle_signals=False)
             await runner.setup()
             try:
@@ -204,6 +227,12 @@ class Daemon:
                 lambda: run_promoter(promoter_redis, [cfg.queue.payments, cfg.queue.webhooks],
                                      interval=cfg.queue.promote_interval_seconds,
                                      stop=self.stop),
+                self.stop)))
+            tasks.append(tg.create_task(supervise(
+                "metrics",
+                lambda: metrics.run_sampler(promoter_redis, [cfg.queue.payments,
+                                                             cfg.queue.webhooks],
+                                            interval=5.0, stop=self.stop),
                 self.stop)))
             await self.stop.wait()
             ctx.stopping.set()  # intake: 503 from now on

@@ -24,19 +24,40 @@ class PaymentStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    PARTIALLY_REFUNDED = "partially_refunded"  # after succeeded
+    REFUNDED = "refunded"
 
     @property
     def terminal(self) -> bool:
-        return self in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED)
+        """Processing is over (refunds may still change a succeeded payment)."""
+        return self not in (PaymentStatus.PENDING, PaymentStatus.PROCESSING)
+
+
+class RefundStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 # The seed's event names, kept: a success is `payment.success`, not `payment.succeeded`.
+STATUS_OF_EVENT: dict[str, PaymentStatus] = {
+    "payment.success": PaymentStatus.SUCCEEDED,
+    "payment.failed": PaymentStatus.FAILED,
+    "payment.canceled": PaymentStatus.CANCELED,
+}
+# The event of the state processing ended in (a refunded payment had succeeded).
 EVENT_TYPES: dict[PaymentStatus, str] = {
     PaymentStatus.SUCCEEDED: "payment.success",
     PaymentStatus.FAILED: "payment.failed",
     PaymentStatus.CANCELED: "payment.canceled",
+    PaymentStatus.PARTIALLY_REFUNDED: "payment.success",
+    PaymentStatus.REFUNDED: "payment.success",
 }
-STATUS_OF_EVENT: dict[str, PaymentStatus] = {v: k for k, v in EVENT_TYPES.items()}
+REFUND_EVENT_TYPES: dict[RefundStatus, str] = {
+    RefundStatus.SUCCEEDED: "refund.success",
+    RefundStatus.FAILED: "refund.failed",
+}
+ALL_EVENT_TYPES: tuple[str, ...] = (*STATUS_OF_EVENT, *REFUND_EVENT_TYPES.values())
 
 
 def now_iso() -> str:
@@ -69,6 +90,7 @@ class Payment:
     failure_code: str | None = None
     failure_message: str | None = None
     sequence: int = 0
+    amount_refunded: int = 0
 
     def __post_init__(self) -> None:
         if not self.updated_at:
@@ -79,6 +101,7 @@ class Payment:
             "id": self.id,
             "object": "payment",
             "amount": self.amount,
+            "amount_refunded": self.amount_refunded,
             "currency": self.currency,
             "method": self.method,
             "method_details": dict(self.method_details),
@@ -115,6 +138,7 @@ class Payment:
             failure_code=data.get("failure_code"),
             failure_message=data.get("failure_message"),
             sequence=int(data.get("sequence", 0)),
+            amount_refunded=int(data.get("amount_refunded", 0)),
         )
 
 
@@ -153,7 +177,142 @@ class Event:
             raise TypeError("event fields have the wrong types")
         return cls(id=ev_id, type=ev_type, timestamp=ts, data=payload)
 
+    @classmethod
+    def for_refund(cls, refund: Refund) -> Event:
+        event_type = REFUND_EVENT_TYPES[refund.status]
+        return cls(id=event_id_for(refund.id, event_type), type=event_type,
+                   timestamp=refund.updated_at, data=refund.to_dict())
+
     @property
     def legacy_text(self) -> str:
         """The seed's form of this event's job, used in the console lines."""
         return f"webhook:{self.type}:{self.payment_id}"
+
+
+def new_refund_id() -> str:
+    return "re_" + secrets.token_hex(12)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Refund:
+    id: str
+    payment_id: str
+    amount: int
+    currency: str | None = None
+    status: RefundStatus = RefundStatus.PENDING
+    failure_code: str | None = None
+    failure_message: str | None = None
+    created_at: str = dataclasses.field(default_factory=now_iso)
+    updated_at: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.updated_at:
+            object.__setattr__(self, "updated_at", self.created_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "refund", "payment_id": self.payment_id,
+                "amount": self.amount, "currency": self.currency, "status": self.status.value,
+                "failure_code": self.failure_code, "failure_message": self.failure_message,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Refund:
+        amount = data["amount"]
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
+            raise TypeError("refund amount must be a positive integer")
+        return cls(id=str(data["id"]), payment_id=str(data["payment_id"]), amount=amount,
+                   currency=data.get("currency"),
+                   status=RefundStatus(data.get("status", "pending")),
+                   failure_code=data.get("failure_code"),
+                   failure_message=data.get("failure_message"),
+                   created_at=str(data.get("created_at") or now_iso()),
+                   updated_at=str(data.get("updated_at") or ""))
+
+
+def parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class EndpointSecret:
+    secret: str
+    expires_at: str | None = None  # None: the current secret; else valid until then (rotation)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class WebhookEndpoint:
+    """A merchant's webhook receiver, from payflow.toml (``source="config"``) or the API."""
+
+    id: str
+    url: str
+    secrets: tuple[EndpointSecret, ...] = ()
+    enabled_events: tuple[str, ...] = ("*",)
+    disabled: bool = False
+    disabled_reason: str | None = None
+    description: str = ""
+    source: str = "api"
+    created_at: str = dataclasses.field(default_factory=now_iso)
+    updated_at: str = ""
+    failing_since: str | None = None  # start of the current run of failed attempts
+
+    def __post_init__(self) -> None:
+        if not self.updated_at:
+            object.__setattr__(self, "updated_at", self.created_at)
+
+    def subscribed(self, event_type: str) -> bool:
+        return "*" in self.enabled_events or event_type in self.enabled_events
+
+    def active_secrets(self, now: datetime | None = None) -> list[str]:
+        """The secrets to sign with: the current one and those still in their rotation grace."""
+        moment = now or datetime.now(UTC)
+        return [s.secret for s in self.secrets
+                if s.expires_at is None or parse_iso(s.expires_at) > moment]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API view: never the secrets themselves."""
+        return {
+            "id": self.id,
+            "object": "webhook_endpoint",
+            "url": self.url,
+            "enabled_events": list(self.enabled_events),
+            "disabled": self.disabled,
+            "disabled_reason": self.disabled_reason,
+            "description": self.description,
+            "source": self.source,
+            "signed": bool(self.secrets),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "failing_since": self.failing_since,
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class DeliveryAttempt:
+    """One try at delivering one event to one endpoint, kept for ``/v1/events/{id}/attempts``.
+
+    ``outcome``: ``succeeded``; ``retrying`` (``next_retry_at`` says when); ``dead`` (no more
+    attempts); ``refused`` (the SSRF guard refused the address); ``disabled`` (the endpoint
+    answered 410 Gone, or failed for too long, and was disabled); ``skipped`` (the endpoint was
+    disabled when the event came; ``recover`` replays it)."""
+
+    id: str
+    event_id: str
+    endpoint_id: str
+    attempt: int  # 1 for the first
+    outcome: str
+    at: str = dataclasses.field(default_factory=now_iso)
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+    response_body: str = ""
+    next_retry_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        body["object"] = "delivery_attempt"
+        body["latency_ms"] = round(self.latency_ms, 1)
+        return body

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 from redis.exceptions import RedisError
 
+from payflow import metrics
 from payflow.errors import InvalidJob
 from payflow.jobs import describe
 from payflow.queue.backoff import full_jitter
@@ -91,6 +92,14 @@ class Consumer:
                 await asyncio.sleep(SHORT_BATCH_PAUSE)
 
     async def _run_and_settle(self, raws: list[bytes]) -> None:
+        in_flight = metrics.IN_FLIGHT.labels(self.client.queue)
+        in_flight.inc(len(raws))
+        try:
+            await self._handle_batch(raws)
+        finally:
+            in_flight.dec(len(raws))
+
+    async def _handle_batch(self, raws: list[bytes]) -> None:
         outcomes = await asyncio.gather(*(self._outcome(raw) for raw in raws))
         settlement = Settlement()
         for raw, outcome in zip(raws, outcomes, strict=True):
@@ -106,6 +115,8 @@ class Consumer:
         # Recording the outcome must not be interrupted half-way by a shutdown.
         await asyncio.shield(self._settle(settlement))
         for outcome in outcomes:
+            kind = "dead" if outcome.dead is not None else "retried" if outcome.delay else "done"
+            metrics.JOBS.labels(self.client.queue, kind).inc()
             if outcome.after is not None:
                 try:
                     await outcome.after()
@@ -113,6 +124,10 @@ class Consumer:
                     self.log.exception("queue.after_failed")
 
     async def _outcome(self, raw: bytes) -> Outcome:
+        with metrics.JOB_SECONDS.labels(self.client.queue).time():
+            return await self._run_handler(raw)
+
+    async def _run_handler(self, raw: bytes) -> Outcome:
         try:
             return await self.handler(raw)
         except InvalidJob as exc:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 from aiohttp import web
 
+from payflow import metrics
 from payflow.web import problems
 
 if TYPE_CHECKING:
@@ -23,6 +24,14 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     handlers = _HealthHandlers(ctx)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", _metrics)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (text exposition format)."""
+    response = web.Response(body=metrics.render())
+    response.headers["Content-Type"] = metrics.CONTENT_TYPE
+    return response
 
 
 class _HealthHandlers:

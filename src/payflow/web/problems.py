@@ -50,6 +50,7 @@ class Problem(Exception):
         self.code = code
         self.param = param
         self.headers = dict(headers or {})
+        self.extra: dict[str, object] = {}  # more members of the problem object
 
     def body(self, request_id: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -62,6 +63,7 @@ class Problem(Exception):
         }
         if self.param is not _MISSING:
             body["param"] = self.param
+        body.update(self.extra)
         return body
 
     def response(self, request_id: str) -> web.Response:
@@ -169,3 +171,24 @@ def from_http_exception(exc: web.HTTPException, request: web.BaseRequest) -> Pro
 
 def _clip(text: str, limit: int = 200) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
+
+
+def resource_not_found(kind: str, resource_id: str) -> Problem:
+    """404 for a missing resource: ``kind`` is e.g. ``event`` or ``webhook_endpoint``."""
+    slug = kind.replace("_", "-") + "-not-found"
+    title = kind.replace("_", " ").capitalize() + " not found"
+    return Problem(404, slug, title, f"No {kind.replace('_', ' ')} has the id "
+                   f"{_clip(resource_id)}.", code=f"{kind}_not_found")
+
+
+def conflict(detail: str, *, code: str, status: str | None = None) -> Problem:
+    """409; ``status`` (the resource's current status) is added to the body when given."""
+    problem = Problem(409, code.replace("_", "-"), "Conflict", detail, code=code)
+    if status is not None:
+        problem.extra["current_status"] = status
+    return problem
+
+
+def unavailable(detail: str) -> Problem:
+    return Problem(503, "queue-unavailable", "Queue unavailable", detail,
+                   code="queue_unavailable", headers={"Retry-After": "1"})

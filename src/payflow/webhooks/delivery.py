@@ -1,67 +1,85 @@
 """One delivery attempt of one event to one endpoint: HTTP POST, or the log sink.
 
-Only a 2xx answer is a success; redirects are not followed (a 3xx is a failure). Every attempt
-returns an :class:`Attempt` saying what happened, for the log and for the retry decision.
+Only a 2xx answer is a success; redirects are not followed (a 3xx is a failure); ``410 Gone``
+means the endpoint is gone; ``429``/``503`` may say when to come back (``Retry-After``). The
+SSRF guard refuses private and other internal addresses before any byte is sent. Every attempt
+returns an :class:`Attempt` saying what happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import random
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 import structlog
 
 from payflow import __version__
-from payflow.config import EndpointConfig
-from payflow.models import Event
+from payflow.models import Event, WebhookEndpoint
 from payflow.webhooks.signing import signature_header
+from payflow.webhooks.ssrf import AddressPolicy, SSRFRefused, check_url, refusal_in
 
 log = structlog.get_logger("payflow.webhooks")
 
 BODY_CAP = 1024  # bytes of a response body kept for the attempt record
 
 
-def endpoint_id(endpoint: EndpointConfig) -> str:
-    """A configured endpoint's id, stable across restarts and reorderings of the config."""
-    return "ep_" + hashlib.sha256(endpoint.url.encode()).hexdigest()[:16]
-
-
-def subscribed(endpoint: EndpointConfig, event_type: str) -> bool:
-    return "*" in endpoint.enabled_events or event_type in endpoint.enabled_events
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Attempt:
     ok: bool
     status: int | None = None  # HTTP status, when there was an answer
-    error: str | None = None  # what went wrong, when it did
+    error: str | None = None  # what went wrong: "HTTP 500", "timeout: …", "ssrf_refused: …"
     latency_ms: float = 0.0
     body: str = ""  # the start of the response body
+    retry_after: float | None = None  # seconds, from a 429/503 answer's Retry-After
+    refused: bool = False  # the SSRF guard refused the address: retrying cannot help
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
 
     @property
     def reason(self) -> str:
-        if self.ok:
-            return "delivered"
-        return self.error or f"HTTP {self.status}"
+        return "delivered" if self.ok else (self.error or f"HTTP {self.status}")
 
 
 def encode_event(event: Event) -> bytes:
     return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    reference = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+    return max(0.0, (when - reference).total_seconds())
+
+
 class HttpDelivery:
     """POSTs events over a shared aiohttp session (one connection pool for all senders)."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, timeout: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, timeout: float,
+                 policy: AddressPolicy) -> None:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.policy = policy
 
-    async def deliver(self, endpoint: EndpointConfig, event: Event) -> Attempt:
+    async def deliver(self, endpoint: WebhookEndpoint, event: Event) -> Attempt:
         body = encode_event(event)
         timestamp = int(time.time())
         headers = {
@@ -70,27 +88,49 @@ class HttpDelivery:
             "webhook-id": event.id,
             "webhook-timestamp": str(timestamp),
         }
-        if endpoint.secret:
-            headers["webhook-signature"] = signature_header(
-                [endpoint.secret], event.id, timestamp, body
-            )
+        if secrets := endpoint.active_secrets():
+            headers["webhook-signature"] = signature_header(secrets, event.id, timestamp, body)
         started = time.perf_counter()
         try:
+            check_url(endpoint.url, self.policy)
             async with self.session.post(endpoint.url, data=body, headers=headers,
                                          allow_redirects=False, timeout=self.timeout) as resp:
                 text = (await resp.content.read(BODY_CAP)).decode("utf-8", "replace")
-                latency = (time.perf_counter() - started) * 1000
                 ok = 200 <= resp.status < 300
+                retry_after = None
+                if resp.status in (429, 503):
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 error = None if ok else f"HTTP {resp.status}"
-                return Attempt(ok=ok, status=resp.status, error=error, latency_ms=latency,
-                               body=text)
+                return Attempt(ok=ok, status=resp.status, error=error, latency_ms=_since(started),
+                               body=text, retry_after=retry_after)
+        except SSRFRefused as exc:
+            return self._refused(exc, started)
         except TimeoutError:
-            error = f"timed out after {self.timeout.total} s"
-        except aiohttp.ClientError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        except OSError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        return Attempt(ok=False, error=error, latency_ms=(time.perf_counter() - started) * 1000)
+            error = f"timeout: no answer within {self.timeout.total:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            if (refusal := refusal_in(exc)) is not None:
+                return self._refused(refusal, started)
+            error = f"{_error_class(exc)}: {exc}"
+        return Attempt(ok=False, error=error, latency_ms=_since(started))
+
+    @staticmethod
+    def _refused(exc: SSRFRefused, started: float) -> Attempt:
+        return Attempt(ok=False, error=f"ssrf_refused: {exc}", refused=True,
+                       latency_ms=_since(started))
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _error_class(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection_closed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connection_failed"
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return "bad_response"
+    return type(exc).__name__
 
 
 class LogSink:

@@ -1,9 +1,11 @@
 """The webhook consumer's handler: one webhook job in, deliveries out, failures rescheduled.
 
-A job without an endpoint fans out to every configured endpoint subscribed to the event (or to
-the log sink when none is configured); an endpoint that fails gets its own retry job, aimed at
-it alone, so each (event, endpoint) pair is retried independently. After ``max_attempts`` the
-pair is dead-lettered in ``{webhook_jobs}:dead`` with the last reason.
+A job without an endpoint fans out to every enabled endpoint subscribed to the event (or to the
+log sink when there is no endpoint at all); an endpoint that fails gets its own retry job, aimed
+at it alone, so each (event, endpoint) pair is retried independently, on the schedule of
+:class:`RetryPolicy`. Every attempt is recorded in the store. After the last attempt, or when
+the SSRF guard refuses the address, the pair is dead-lettered in ``{webhook_jobs}:dead``; a
+``410 Gone`` disables the endpoint.
 """
 
 from __future__ import annotations
@@ -11,47 +13,65 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from payflow.config import EndpointConfig
+from payflow import metrics
 from payflow.errors import InvalidJob
-from payflow.jobs import PaymentJob, WebhookJob, parse_job
-from payflow.models import STATUS_OF_EVENT, Event, event_id_for, now_iso
-from payflow.queue.backoff import full_jitter
+from payflow.jobs import WebhookJob, parse_job
+from payflow.models import (
+    REFUND_EVENT_TYPES,
+    STATUS_OF_EVENT,
+    DeliveryAttempt,
+    Event,
+    WebhookEndpoint,
+    event_id_for,
+    iso,
+    now_iso,
+)
 from payflow.queue.consumer import Outcome
 from payflow.store.base import Store
-from payflow.webhooks.delivery import Attempt, HttpDelivery, LogSink, endpoint_id, subscribed
+from payflow.webhooks import endpoints as eps
+from payflow.webhooks.delivery import Attempt, HttpDelivery, LogSink
 
 log = structlog.get_logger("payflow.webhooks")
 
 SINK = "log"  # the endpoint id of the log sink
+JITTER = 0.2  # ±20 % on every scheduled delay
+RETRY_AFTER_MIN = 1.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RetryPolicy:
+    schedule: Sequence[float]  # delays before attempts 2, 3, …; the last one repeats
     max_attempts: int
-    base_seconds: float
-    max_seconds: float
 
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        return full_jitter(attempt, base=self.base_seconds, cap=self.max_seconds, rng=rng)
+    def delay(self, attempts_done: int, rng: random.Random | None = None) -> float:
+        base = self.schedule[min(attempts_done, len(self.schedule)) - 1]
+        return base * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+
+    def retry_after(self, seconds: float) -> float:
+        """A receiver's Retry-After, clamped to [1 s, the schedule's longest delay]."""
+        return min(max(seconds, RETRY_AFTER_MIN), max(self.schedule))
 
 
 class WebhookHandler:
-    def __init__(self, *, store: Store, endpoints: tuple[EndpointConfig, ...],
-                 http: HttpDelivery | None, sink: LogSink, policy: RetryPolicy,
-                 max_job_bytes: int) -> None:
+    def __init__(self, *, store: Store, http: HttpDelivery | None, sink: LogSink,
+                 policy: RetryPolicy, max_job_bytes: int,
+                 disable_after: timedelta = timedelta(hours=120)) -> None:
         self.store = store
-        self.endpoints = {endpoint_id(ep): ep for ep in endpoints}
         self.http = http
         self.sink = sink
         self.policy = policy
         self.max_job_bytes = max_job_bytes
+        self.disable_after = disable_after
 
     async def __call__(self, raw: bytes) -> Outcome:
         job = parse_job(raw, max_bytes=self.max_job_bytes)
-        if isinstance(job, PaymentJob):  # both queues accept both kinds: pass it on
+        if not isinstance(job, WebhookJob):  # both queues accept every kind: pass it on
             log.info("job.forwarded", job=job.legacy_text, to="payments")
             return Outcome(push=[raw])
         event = await self._event(job)
@@ -60,45 +80,83 @@ class WebhookHandler:
             return await self._deliver_all(job, event)
 
     async def _deliver_all(self, job: WebhookJob, event: Event) -> Outcome:
-        targets = self._targets(job, event)
-        log.info(f"Delivering webhook: {job.legacy_text}", attempt=job.attempt + 1,
-                 endpoints=list(targets))
+        targets, skipped = await self._targets(job, event)
+        attempt_no = job.attempt + 1
+        log.info(f"Delivering webhook: {job.legacy_text}", attempt=attempt_no,
+                 endpoints=[t.id if t else SINK for t in targets])
+        for off in skipped:
+            await self._record(event, off.id, attempt_no, "skipped",
+                               Attempt(ok=False, error="endpoint disabled"))
         if not targets:
-            log.info("webhook.no_subscribers", event_type=event.type)
+            if not skipped:
+                log.info("webhook.no_subscribers", event_type=event.type)
             return Outcome()
-        attempts = await asyncio.gather(*(self._deliver(ep, event) for ep in targets.values()))
-        failed: list[tuple[str, Attempt]] = []
-        for ep_id, attempt in zip(targets, attempts, strict=True):
+        attempts = await asyncio.gather(*(self._deliver(ep, event) for ep in targets))
+        delay: list[tuple[bytes, float]] = []
+        dead: list[tuple[bytes, str]] = []
+        for endpoint, attempt in zip(targets, attempts, strict=True):
+            ep_id = endpoint.id if endpoint else SINK
             if attempt.ok:
                 log.info(f"Webhook delivered: {job.legacy_text}", endpoint=ep_id,
                          status=attempt.status, latency_ms=round(attempt.latency_ms, 1))
-            else:
-                failed.append((ep_id, attempt))
-        return self._reschedule(job, event, failed)
+                await self._record(event, ep_id, attempt_no, "succeeded", attempt)
+                await eps.record_success(self.store, ep_id)
+                continue
+            verdict = await self._failed(job, event, endpoint, attempt)
+            if isinstance(verdict, str):
+                dead.append((self._job_for(job, event, ep_id, attempt_no), verdict))
+            elif verdict is not None:
+                delay.append((self._job_for(job, event, ep_id, attempt_no), verdict))
+        if len(dead) == 1 and not delay and job.endpoint is not None:
+            return Outcome(dead=dead[0][1])  # this job was aimed at that endpoint alone
+        return Outcome(delay=delay, dead_jobs=dead)
 
-    def _reschedule(self, job: WebhookJob, event: Event,
-                    failed: list[tuple[str, Attempt]]) -> Outcome:
-        if not failed:
-            return Outcome()
-        next_attempt = job.attempt + 1
-        if next_attempt >= self.policy.max_attempts:
-            reasons = "; ".join(f"{ep}: {a.reason}" for ep, a in failed)
-            log.error(f"Webhook failed permanently: {job.legacy_text}",
-                      attempts=next_attempt, reason=reasons)
-            if len(failed) == 1 and job.endpoint is not None:
-                return Outcome(dead=f"gave up after {next_attempt} attempts: {reasons}")
-            return Outcome(dead_jobs=[
-                (self._job_for(job, event, ep, next_attempt),
-                 f"gave up after {next_attempt} attempts: {a.reason}")
-                for ep, a in failed
-            ])
-        delays = []
-        for ep, attempt in failed:
-            delay = self.policy.delay(job.attempt)
-            log.warning(f"Webhook delivery failed: {job.legacy_text}", endpoint=ep,
-                        attempt=next_attempt, reason=attempt.reason, retry_in=round(delay, 3))
-            delays.append((self._job_for(job, event, ep, next_attempt), delay))
-        return Outcome(delay=delays)
+    async def _failed(self, job: WebhookJob, event: Event, endpoint: WebhookEndpoint | None,
+                      attempt: Attempt) -> float | str | None:
+        """Decide what a failed attempt leads to: a delay (seconds), death (the reason), or
+        nothing (the endpoint is disabled; ``recover`` replays it)."""
+        ep_id = endpoint.id if endpoint else SINK
+        attempt_no = job.attempt + 1
+        text = job.legacy_text
+        if attempt.refused:
+            log.error(f"Webhook refused: {text}", endpoint=ep_id, reason=attempt.reason)
+            await self._record(event, ep_id, attempt_no, "refused", attempt)
+            return f"refused: {attempt.reason}"
+        if endpoint is not None and attempt.gone:
+            await self._record(event, ep_id, attempt_no, "disabled", attempt)
+            await eps.disable(self.store, endpoint, "the endpoint answered 410 Gone",
+                              cause="gone")
+            return None
+        disabled = None
+        if endpoint is not None:
+            disabled = await eps.record_failure(self.store, ep_id,
+                                                disable_after=self.disable_after)
+        if disabled is not None:
+            await self._record(event, ep_id, attempt_no, "disabled", attempt)
+            return None
+        if attempt_no >= self.policy.max_attempts:
+            log.error(f"Webhook failed permanently: {text}", endpoint=ep_id,
+                      attempts=attempt_no, reason=attempt.reason)
+            await self._record(event, ep_id, attempt_no, "dead", attempt)
+            return f"gave up after {attempt_no} attempts: {attempt.reason}"
+        seconds = (self.policy.retry_after(attempt.retry_after)
+                   if attempt.retry_after is not None else self.policy.delay(attempt_no))
+        log.warning(f"Webhook delivery failed: {text}", endpoint=ep_id, attempt=attempt_no,
+                    reason=attempt.reason, retry_in=round(seconds, 3))
+        next_at = iso(datetime.now(UTC) + timedelta(seconds=seconds))
+        await self._record(event, ep_id, attempt_no, "retrying", attempt, next_retry_at=next_at)
+        return seconds
+
+    async def _record(self, event: Event, endpoint_id: str, attempt_no: int, outcome: str,
+                      attempt: Attempt, *, next_retry_at: str | None = None) -> None:
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome, metrics.status_class(attempt.status)).inc()
+        if outcome != "skipped":
+            metrics.WEBHOOK_SECONDS.observe(attempt.latency_ms / 1000)
+        await self.store.add_attempt(DeliveryAttempt(
+            id="att_" + secrets.token_hex(8), event_id=event.id, endpoint_id=endpoint_id,
+            attempt=attempt_no, outcome=outcome, at=now_iso(), status=attempt.status,
+            error=attempt.error, latency_ms=attempt.latency_ms, response_body=attempt.body,
+            next_retry_at=next_retry_at))
 
     @staticmethod
     def _job_for(job: WebhookJob, event: Event, ep: str, attempt: int) -> bytes:
@@ -106,19 +164,25 @@ class WebhookHandler:
                           event=event.to_dict(), endpoint=ep, attempt=attempt,
                           jid=job.jid).encode()
 
-    def _targets(self, job: WebhookJob, event: Event) -> dict[str, EndpointConfig | None]:
-        """Endpoint id → endpoint (``None`` for the log sink)."""
+    async def _targets(self, job: WebhookJob, event: Event
+                       ) -> tuple[list[WebhookEndpoint | None], list[WebhookEndpoint]]:
+        """(endpoints to deliver to, ``None`` meaning the log sink; subscribed endpoints that
+        are disabled)."""
+        if job.endpoint == SINK:
+            return [None], []
         if job.endpoint is not None:
-            if job.endpoint == SINK:
-                return {SINK: None}
-            if job.endpoint not in self.endpoints:
-                raise InvalidJob(f"endpoint {job.endpoint!r} is no longer configured")
-            return {job.endpoint: self.endpoints[job.endpoint]}
-        if not self.endpoints:
-            return {SINK: None}
-        return {i: ep for i, ep in self.endpoints.items() if subscribed(ep, event.type)}
+            endpoint = await self.store.get_endpoint(job.endpoint)
+            if endpoint is None:
+                raise InvalidJob(f"endpoint {job.endpoint!r} no longer exists")
+            return ([], [endpoint]) if endpoint.disabled else ([endpoint], [])
+        everyone = await self.store.list_endpoints()
+        if not everyone:
+            return [None], []
+        subscribed = [ep for ep in everyone if ep.subscribed(event.type)]
+        return ([ep for ep in subscribed if not ep.disabled],
+                [ep for ep in subscribed if ep.disabled])
 
-    async def _deliver(self, endpoint: EndpointConfig | None, event: Event) -> Attempt:
+    async def _deliver(self, endpoint: WebhookEndpoint | None, event: Event) -> Attempt:
         if endpoint is None or self.http is None:
             return await self.sink.deliver(event)
         return await self.http.deliver(endpoint, event)
@@ -126,16 +190,26 @@ class WebhookHandler:
     async def _event(self, job: WebhookJob) -> Event:
         if job.event is not None:
             try:
-                return Event.from_dict(job.event)
+                event = Event.from_dict(job.event)
             except (KeyError, TypeError) as exc:
                 raise InvalidJob(f"bad event in job: {exc}") from None
-        # A legacy job names only the type and the payment: derive the event, with the same id
-        # the payment's own transition would give it.
+        else:
+            event = await self._derive(job)
+        await self.store.add_event(event)  # no-op when known; makes it visible in /v1/events
+        return event
+
+    async def _derive(self, job: WebhookJob) -> Event:
+        """A legacy job names only the type and the payment: derive the event, with the same id
+        the payment's own transition gives it."""
         event_id = event_id_for(job.payment_id, job.event_type)
         if (stored := await self.store.get_event(event_id)) is not None:
             return stored
+        refund = await self.store.get_refund(job.payment_id)
+        if refund is not None and refund.status in REFUND_EVENT_TYPES and \
+                REFUND_EVENT_TYPES[refund.status] == job.event_type:
+            return Event.for_refund(refund)
         payment = await self.store.get_payment(job.payment_id)
-        if payment is not None and payment.status is STATUS_OF_EVENT[job.event_type]:
+        if payment is not None and payment.status is STATUS_OF_EVENT.get(job.event_type):
             return Event.for_payment(payment)
         data = payment.to_dict() if payment is not None else {"id": job.payment_id}
         return Event(id=event_id, type=job.event_type, timestamp=now_iso(), data=data)

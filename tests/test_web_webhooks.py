@@ -1,0 +1,210 @@
+"""/v1/webhook_endpoints and /v1/events through aiohttp's test client."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.exceptions
+from aiohttp.test_utils import TestClient, TestServer
+
+from payflow.jobs import WebhookJob, parse_job
+from payflow.models import DeliveryAttempt, Event, Payment, PaymentStatus, WebhookEndpoint
+from payflow.store.memory import MemoryStore
+from payflow.web import WebContext, create_app
+
+PROBLEM = "application/problem+json"
+
+
+class Env:
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.hooks: list[bytes] = []
+        self.fail = False
+
+    async def enqueue_webhook(self, raw: bytes) -> None:
+        if self.fail:
+            raise redis.exceptions.ConnectionError("down")
+        self.hooks.append(raw)
+
+    def jobs(self) -> list[WebhookJob]:
+        jobs = [parse_job(raw) for raw in self.hooks]
+        assert all(isinstance(j, WebhookJob) for j in jobs)
+        return jobs  # type: ignore[return-value]
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[Env, TestClient[Any, Any]]]:
+    e = Env()
+
+    async def enqueue(raw: bytes) -> None:
+        return None
+
+    async def ping() -> bool:
+        return True
+
+    ctx = WebContext(store=e.store, enqueue_payment=enqueue, ping=ping,
+                     enqueue_webhook=e.enqueue_webhook, rotation_grace_hours=24)
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
+    await client.start_server()
+    try:
+        yield e, client
+    finally:
+        await client.close()
+
+
+async def test_create_returns_the_secret_once(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    _, client = env
+    resp = await client.post("/v1/webhook_endpoints", json={
+        "url": "https://merchant.example/hooks", "enabled_events": ["payment.success"],
+        "description": "shop"})
+    assert resp.status == 201
+    created = await resp.json()
+    assert created["id"].startswith("ep_") and created["object"] == "webhook_endpoint"
+    assert resp.headers["Location"] == f"/v1/webhook_endpoints/{created['id']}"
+    secret = created["secret"]
+    assert secret.startswith("whsec_") and 24 <= len(base64.b64decode(secret[6:])) <= 64
+    assert created["enabled_events"] == ["payment.success"] and created["signed"] is True
+    again = await (await client.get(f"/v1/webhook_endpoints/{created['id']}")).json()
+    assert "secret" not in again and again["url"] == "https://merchant.example/hooks"
+    listing = await (await client.get("/v1/webhook_endpoints")).json()
+    assert [ep["id"] for ep in listing["data"]] == [created["id"]]
+    assert "secret" not in listing["data"][0]
+
+
+@pytest.mark.parametrize(("body", "param", "code"), [
+    ({}, "url", "invalid_url"),
+    ({"url": "ftp://x.example/"}, "url", "invalid_url"),
+    ({"url": "https:///nohost"}, "url", "invalid_url"),
+    ({"url": "https://x.example", "enabled_events": ["payment.exploded"]}, "enabled_events",
+     "invalid_events"),
+    ({"url": "https://x.example", "enabled_events": []}, "enabled_events", "invalid_events"),
+    ({"url": "https://x.example", "disabled": "yes"}, "disabled", "invalid_type"),
+    ({"url": "https://x.example", "secret": "mine"}, "secret", "unknown_field"),
+])
+async def test_create_validation(env: tuple[Env, TestClient[Any, Any]], body: dict[str, Any],
+                                 param: str, code: str) -> None:
+    _, client = env
+    resp = await client.post("/v1/webhook_endpoints", json=body)
+    assert resp.status == 422 and resp.content_type == PROBLEM
+    problem = await resp.json()
+    assert (problem["param"], problem["code"]) == (param, code)
+
+
+async def test_patch_delete_and_not_found(env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    await e.store.put_endpoint(WebhookEndpoint(id="ep_1", url="https://a.example", disabled=True,
+                                               disabled_reason="the endpoint answered 410 Gone",
+                                               failing_since="2026-01-01T00:00:00.000Z"))
+    resp = await client.patch("/v1/webhook_endpoints/ep_1",
+                              json={"disabled": False, "enabled_events": ["*"]})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["disabled"] is False and body["disabled_reason"] is None
+    assert body["failing_since"] is None
+    resp = await client.patch("/v1/webhook_endpoints/ep_1", json={"disabled": True})
+    assert (await resp.json())["disabled_reason"] == "disabled through the API"
+    resp = await client.delete("/v1/webhook_endpoints/ep_1")
+    assert resp.status == 200 and (await resp.json())["deleted"] is True
+    for method in ("get", "patch", "delete"):
+        resp = await client.request(method, "/v1/webhook_endpoints/ep_1", json={})
+        assert resp.status == 404 and (await resp.json())["code"] == "webhook_endpoint_not_found"
+
+
+async def test_rotation_keeps_the_old_secret_for_the_grace_period(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    created = await (await client.post("/v1/webhook_endpoints",
+                                       json={"url": "https://a.example"})).json()
+    resp = await client.post(f"/v1/webhook_endpoints/{created['id']}/rotate_secret")
+    assert resp.status == 200
+    rotated = await resp.json()
+    assert rotated["secret"] != created["secret"]
+    assert len(rotated["previous_secrets_expire_at"]) == 1
+    endpoint = await e.store.get_endpoint(created["id"])
+    assert endpoint is not None
+    assert endpoint.active_secrets() == [rotated["secret"], created["secret"]]
+
+
+async def test_events_list_get_attempts_retry(env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    events = [Event.for_payment(Payment(id=f"pay_{i}", method="upi",
+                                        status=PaymentStatus.SUCCEEDED)) for i in range(3)]
+    for event in events:
+        await e.store.add_event(event)
+    page = await (await client.get("/v1/events?limit=2")).json()
+    assert [ev["id"] for ev in page["data"]] == [events[2].id, events[1].id]
+    assert page["has_more"] is True and page["data"][0]["object"] == "event"
+    rest = await (await client.get(f"/v1/events?limit=2&starting_after={events[1].id}")).json()
+    assert [ev["id"] for ev in rest["data"]] == [events[0].id] and rest["has_more"] is False
+    assert (await client.get("/v1/events?limit=0")).status == 400
+    got = await (await client.get(f"/v1/events/{events[0].id}")).json()
+    assert got["type"] == "payment.success" and got["data"]["id"] == "pay_0"
+    await e.store.add_attempt(DeliveryAttempt(id="att_1", event_id=events[0].id,
+                                              endpoint_id="ep_1", attempt=1, outcome="dead",
+                                              status=500, error="HTTP 500"))
+    attempts = await (await client.get(f"/v1/events/{events[0].id}/attempts")).json()
+    assert [(a["id"], a["outcome"], a["status"]) for a in attempts["data"]] == [
+        ("att_1", "dead", 500)]
+    resp = await client.post(f"/v1/events/{events[0].id}/retry")
+    assert resp.status == 202
+    (job,) = e.jobs()
+    assert job.event is not None and job.event["id"] == events[0].id
+    assert job.attempt == 0 and job.endpoint is None
+    assert (await client.get("/v1/events/evt_nope")).status == 404
+    resp = await client.post(f"/v1/events/{events[0].id}/retry", json={"endpoint_id": "ep_x"})
+    assert resp.status == 404
+    e.fail = True
+    resp = await client.post(f"/v1/events/{events[0].id}/retry")
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+
+
+async def test_recover_requeues_what_the_endpoint_missed(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    await e.store.put_endpoint(WebhookEndpoint(id="ep_1", url="https://a.example",
+                                               disabled=True, disabled_reason="410"))
+    evs = [Event.for_payment(Payment(id=f"pay_{i}", method="upi",
+                                     status=PaymentStatus.SUCCEEDED)) for i in range(4)]
+    for event in evs:
+        await e.store.add_event(event)
+    for event, outcomes in zip(evs, [["dead"], ["skipped"], ["retrying", "succeeded"],
+                                     ["retrying"]], strict=True):
+        for n, outcome in enumerate(outcomes, 1):
+            await e.store.add_attempt(DeliveryAttempt(
+                id=f"att_{event.id}_{n}", event_id=event.id, endpoint_id="ep_1", attempt=n,
+                outcome=outcome))
+    resp = await client.post("/v1/webhook_endpoints/ep_1/recover")
+    assert resp.status == 409 and (await resp.json())["code"] == "endpoint_disabled"
+    await client.patch("/v1/webhook_endpoints/ep_1", json={"disabled": False})
+    resp = await client.post("/v1/webhook_endpoints/ep_1/recover?since=2000-01-01T00:00:00Z")
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["requeued"] == 2 and set(body["event_ids"]) == {evs[0].id, evs[1].id}
+    assert {(j.endpoint, j.attempt) for j in e.jobs()} == {("ep_1", 0)}
+    resp = await client.post("/v1/webhook_endpoints/ep_1/recover?since=yesterday")
+    assert resp.status == 422 and (await resp.json())["param"] == "since"
+    future = await client.post("/v1/webhook_endpoints/ep_1/recover?since=2999-01-01T00:00:00Z")
+    assert (await future.json())["requeued"] == 0
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_disabling_through_the_api_counts_in_metrics(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    await e.store.put_endpoint(WebhookEndpoint(id="ep_m", url="https://a.example"))
+    name = 'payflow_webhook_endpoints_disabled_total{cause="api"}'
+    before = metric(await (await client.get("/metrics")).text(), name)
+    await client.patch("/v1/webhook_endpoints/ep_m", json={"disabled": True})
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    assert metric(await resp.text(), name) == before + 1
