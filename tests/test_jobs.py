@@ -5,7 +5,7 @@ import json
 import pytest
 
 from payflow.errors import InvalidJob
-from payflow.jobs import PaymentJob, WebhookJob, describe, parse_job
+from payflow.jobs import PaymentJob, RefundJob, WebhookJob, describe, parse_job
 
 
 def test_legacy_payment_job() -> None:
@@ -51,7 +51,7 @@ def test_encode_assigns_a_job_id() -> None:
         (b"{not json", "malformed JSON"),
         (b"[1,2]", "unrecognised job"),
         (b'{"v":2,"kind":"payment"}', "unsupported envelope version 2"),
-        (b'{"v":1,"kind":"refund"}', "unknown job kind 'refund'"),
+        (b'{"v":1,"kind":"chargeback"}', "unknown job kind 'chargeback'"),
         (b'{"v":1,"kind":"payment","payment_id":"a b"}', "invalid payment_id"),
         (b'{"v":1,"kind":"payment","payment_id":"p","attempt":-1}', "invalid attempt"),
         (b'{"v":1,"kind":"webhook","event":{"id":"e","timestamp":"t","type":"payment.success",'
@@ -69,3 +69,12 @@ def test_describe_bounds_and_escapes() -> None:
     assert describe(b"abc") == "abc"
     shown = describe(b"\xff" * 500)
     assert shown.startswith("\\xff") and shown.endswith("(500 bytes)")
+
+
+def test_refund_envelope_round_trips() -> None:
+    job = RefundJob(refund_id="re_1", payment_id="pay_1",
+                    refund={"id": "re_1", "payment_id": "pay_1", "amount": 5}, attempt=1,
+                    jid="job_r")
+    assert parse_job(job.encode()) == job
+    with pytest.raises(InvalidJob, match="snapshot"):
+        parse_job(b'{"v":1,"kind":"refund","refund_id":"re_1","payment_id":"p","refund":[]}')

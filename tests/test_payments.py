@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from payflow.errors import InvalidJob, RetryLater
 from payflow.handlers import PaymentHandler
 from payflow.jobs import PaymentJob, parse_job
-from payflow.models import Event, Payment, PaymentStatus, event_id_for
+from payflow.models import Event, Payment, PaymentStatus, Refund, event_id_for
 from payflow.payments import PaymentService
 from payflow.processor import ChargeResult, SimulatedProcessor, card_fingerprint
 from payflow.store.memory import MemoryStore
@@ -27,6 +27,10 @@ class CountingProcessor:
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
+
+    async def refund(self, payment: Payment, refund: Refund, *,
+                     idempotency_key: str) -> ChargeResult:
+        return await self.charge(payment, idempotency_key=idempotency_key)
 
 
 def service(processor: Any = None, store: MemoryStore | None = None) -> PaymentService:
@@ -77,12 +81,16 @@ async def test_processing_left_by_a_crash_is_finished() -> None:
     assert event is not None and event.type == "payment.success"
 
 
-async def test_canceled_payment_is_not_processed() -> None:
+async def test_canceled_payment_is_not_processed_but_its_event_is_queued() -> None:
     store = MemoryStore()
     await store.create_payment(Payment(id="pay_1", method="upi", status=PaymentStatus.CANCELED))
     proc = CountingProcessor()
-    assert await service(proc, store).process(PaymentJob(payment_id="pay_1")) is None
+    svc = service(proc, store)
+    event = await svc.process(PaymentJob(payment_id="pay_1"))
     assert proc.calls == []
+    assert event is not None and event.type == "payment.canceled"
+    await store.add_event(event)
+    assert await svc.process(PaymentJob(payment_id="pay_1")) is None  # once only
 
 
 async def test_snapshot_restores_a_payment_the_store_lost() -> None:

@@ -343,7 +343,7 @@ async def test_unknown_route_is_404_problem(api: Api) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
-    [("GET", "/v1/payments", "POST"), ("DELETE", "/v1/payments/pay_x", "GET,HEAD"),
+    [("PUT", "/v1/payments", "GET,HEAD,POST"), ("DELETE", "/v1/payments/pay_x", "GET,HEAD"),
      ("POST", "/healthz", "GET,HEAD")],
 )
 async def test_wrong_method_is_405_problem_with_allow(

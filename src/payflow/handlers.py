@@ -12,7 +12,7 @@ import random
 import structlog
 
 from payflow.errors import RetryLater
-from payflow.jobs import WebhookJob, describe, new_job_id, parse_job
+from payflow.jobs import RefundJob, WebhookJob, describe, new_job_id, parse_job
 from payflow.payments import PaymentService
 from payflow.queue.backoff import full_jitter
 from payflow.queue.consumer import Outcome
@@ -39,7 +39,10 @@ class PaymentHandler:
         with structlog.contextvars.bound_contextvars(payment_id=job.payment_id):
             log.info(f"Job received: {shown}", attempt=job.attempt + 1)
             try:
-                event = await self.service.process(job)
+                if isinstance(job, RefundJob):
+                    event = await self.service.refund(job)
+                else:
+                    event = await self.service.process(job)
             except RetryLater as exc:
                 delay = exc.delay if exc.delay is not None else full_jitter(
                     job.attempt, base=self.retry_base, cap=self.retry_max, rng=self.rng)

@@ -10,6 +10,8 @@ that lost an in-memory store)::
 
     {"v": 1, "kind": "payment", "jid": "job_…", "attempt": 0,
      "payment_id": "pay_…", "method": "upi", "payment": {…snapshot…}}
+    {"v": 1, "kind": "refund", "jid": "job_…", "attempt": 0,
+     "refund_id": "re_…", "payment_id": "pay_…", "refund": {…snapshot…}}
     {"v": 1, "kind": "webhook", "jid": "job_…", "attempt": 0,
      "event": {"id": "evt_…", "type": "payment.success", "timestamp": "…", "data": {…}},
      "endpoint": "<endpoint id>"}            # endpoint: set on a retry aimed at one endpoint
@@ -27,7 +29,7 @@ import secrets
 from typing import Any
 
 from payflow.errors import InvalidJob
-from payflow.models import METHODS, STATUS_OF_EVENT
+from payflow.models import ALL_EVENT_TYPES, METHODS
 
 _ID = r"[A-Za-z0-9_\-]{1,128}"
 _LEGACY_PAYMENT = re.compile(rf"process_payment:(?P<id>{_ID}):(?P<method>[A-Za-z_]+)")
@@ -87,7 +89,28 @@ class WebhookJob:
         return _dumps(body)
 
 
-Job = PaymentJob | WebhookJob
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RefundJob:
+    refund_id: str
+    payment_id: str
+    refund: dict[str, Any] | None = None
+    attempt: int = 0
+    jid: str = ""
+
+    @property
+    def legacy_text(self) -> str:
+        return f"refund:{self.refund_id}:{self.payment_id}"
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"v": 1, "kind": "refund", "jid": self.jid or new_job_id(),
+                                "attempt": self.attempt, "refund_id": self.refund_id,
+                                "payment_id": self.payment_id}
+        if self.refund is not None:
+            body["refund"] = self.refund
+        return _dumps(body)
+
+
+Job = PaymentJob | RefundJob | WebhookJob
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
@@ -127,8 +150,8 @@ def parse_job(raw: bytes, *, max_bytes: int = 65536) -> Job:
 
 
 def _event_type(value: object) -> str:
-    if not isinstance(value, str) or value not in STATUS_OF_EVENT:
-        raise InvalidJob(f"unknown event type {value!r} (allowed: {', '.join(STATUS_OF_EVENT)})")
+    if not isinstance(value, str) or value not in ALL_EVENT_TYPES:
+        raise InvalidJob(f"unknown event type {value!r} (allowed: {', '.join(ALL_EVENT_TYPES)})")
     return value
 
 
@@ -158,7 +181,20 @@ def _parse_envelope(text: str) -> Job:
         return _payment_envelope(body, attempt, jid)
     if kind == "webhook":
         return _webhook_envelope(body, attempt, jid)
-    raise InvalidJob(f"unknown job kind {kind!r} (expected 'payment' or 'webhook')")
+    if kind == "refund":
+        return _refund_envelope(body, attempt, jid)
+    raise InvalidJob(f"unknown job kind {kind!r} (expected 'payment', 'refund' or 'webhook')")
+
+
+def _refund_envelope(body: dict[str, Any], attempt: int, jid: str) -> RefundJob:
+    refund_id = _payment_id(body.get("refund_id"))
+    payment_id = _payment_id(body.get("payment_id"))
+    snapshot = body.get("refund")
+    if snapshot is not None and (not isinstance(snapshot, dict)
+                                 or snapshot.get("id") != refund_id):
+        raise InvalidJob("refund snapshot must be an object with the job's refund_id")
+    return RefundJob(refund_id=refund_id, payment_id=payment_id, refund=snapshot,
+                     attempt=attempt, jid=jid)
 
 
 def _payment_envelope(body: dict[str, Any], attempt: int, jid: str) -> PaymentJob:

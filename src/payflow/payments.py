@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import structlog
 
+from payflow import metrics
 from payflow.errors import InvalidJob, RetryLater
-from payflow.jobs import PaymentJob
-from payflow.models import Event, Payment, PaymentStatus
-from payflow.processor import Processor
+from payflow.jobs import PaymentJob, RefundJob
+from payflow.models import Event, Payment, PaymentStatus, Refund, RefundStatus
+from payflow.processor import ChargeResult, Processor
 from payflow.store.base import Store
 
 log = structlog.get_logger("payflow.payments")
@@ -31,10 +32,7 @@ class PaymentService:
         when there is nothing to queue (canceled, or another consumer finished it first).
         Raises :class:`RetryLater` on a transient processor failure before the last attempt."""
         payment = await self._load(job)
-        if payment.status is PaymentStatus.CANCELED:
-            log.info("payment.skipped_canceled", payment_id=payment.id)
-            return None
-        if payment.status.terminal:
+        if payment.status.terminal:  # canceled included: acked without processing
             if await self.store.get_event(Event.for_payment(payment).id) is not None:
                 log.info("payment.already_done", payment_id=payment.id, status=payment.status)
                 return None
@@ -68,6 +66,7 @@ class PaymentService:
         if done is None:  # another consumer finished it; that one queues the event
             log.info("payment.finished_elsewhere", payment_id=payment_id)
             return None
+        metrics.PAYMENTS.labels(status.value).inc()
         if status is PaymentStatus.SUCCEEDED:
             log.info(f"PAYMENT SUCCESS for {payment_id}", payment_id=payment_id)
         else:
@@ -90,3 +89,41 @@ class PaymentService:
             raise InvalidJob(f"unknown payment {job.payment_id!r} and no method to create it")
         log.info("payment.created_from_job", payment_id=job.payment_id, method=job.method)
         return await self.store.create_payment(Payment(id=job.payment_id, method=job.method))
+
+    async def refund(self, job: RefundJob) -> Event | None:
+        """Take a pending refund to succeeded or failed; returns the event to queue, as
+        :meth:`process` does for payments."""
+        refund = await self.store.get_refund(job.refund_id)
+        if refund is None:
+            if job.refund is None:
+                raise InvalidJob(f"unknown refund {job.refund_id!r} and no snapshot")
+            try:
+                refund = await self.store.put_refund(Refund.from_dict(job.refund))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise InvalidJob(f"bad refund snapshot: {exc}") from None
+            log.warning("refund.restored_from_job", refund_id=refund.id)
+        if refund.status is not RefundStatus.PENDING:
+            event = Event.for_refund(refund)
+            return None if await self.store.get_event(event.id) is not None else event
+        payment = await self.store.get_payment(refund.payment_id)
+        if payment is None:
+            raise InvalidJob(f"refund {refund.id} is for the unknown payment "
+                             f"{refund.payment_id!r}")
+        log.info(f"Processing refund: {refund.id}", refund_id=refund.id, amount=refund.amount)
+        try:
+            result = await self.processor.refund(payment, refund, idempotency_key=refund.id)
+        except RetryLater as exc:
+            if job.attempt + 1 < self.max_attempts:
+                raise
+            result = ChargeResult(False, "processor_unavailable", exc.reason)
+        status = RefundStatus.SUCCEEDED if result.succeeded else RefundStatus.FAILED
+        done = await self.store.complete_refund(refund.id, status,
+                                                failure_code=result.failure_code,
+                                                failure_message=result.failure_message)
+        if done is None:
+            return None  # finished elsewhere
+        metrics.REFUNDS.labels(status.value).inc()
+        word = "SUCCESS" if result.succeeded else "FAILED"
+        log.info(f"REFUND {word} for {refund.id}", refund_id=refund.id,
+                 payment_id=payment.id, failure_code=result.failure_code)
+        return Event.for_refund(done)

@@ -16,10 +16,11 @@ import random
 from collections import OrderedDict
 from typing import Protocol
 
-from payflow.models import Payment
+from payflow.models import Payment, Refund
 
 _FINGERPRINT_KEY = b"payflow-card-fingerprint-v1"
 DECLINED_CARDS = ("4000000000000002",)
+REFUND_FAILING_CARDS = ("4000000000005126",)  # charges succeed, refunds fail (as Stripe's)
 _REMEMBERED = 100_000
 
 
@@ -29,6 +30,7 @@ def card_fingerprint(number: str) -> str:
 
 
 _DECLINED_FINGERPRINTS = frozenset(card_fingerprint(n) for n in DECLINED_CARDS)
+_REFUND_FAILING_FINGERPRINTS = frozenset(card_fingerprint(n) for n in REFUND_FAILING_CARDS)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,6 +44,11 @@ class Processor(Protocol):
     async def charge(self, payment: Payment, *, idempotency_key: str) -> ChargeResult:
         """Charge ``payment``. The same ``idempotency_key`` never charges twice. A transient
         failure raises :class:`payflow.errors.RetryLater`."""
+        ...
+
+    async def refund(self, payment: Payment, refund: Refund, *,
+                     idempotency_key: str) -> ChargeResult:
+        """Refund ``refund.amount`` of ``payment``; idempotent by key, like :meth:`charge`."""
         ...
 
 
@@ -60,10 +67,26 @@ class SimulatedProcessor:
         if self._latency:
             await asyncio.sleep(self._latency)
         result = self._decide(payment)
-        self._results[idempotency_key] = result
+        self._remember(idempotency_key, result)
+        return result
+
+    async def refund(self, payment: Payment, refund: Refund, *,
+                     idempotency_key: str) -> ChargeResult:
+        if (known := self._results.get(idempotency_key)) is not None:
+            return known
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        if payment.method_details.get("fingerprint") in _REFUND_FAILING_FINGERPRINTS:
+            result = ChargeResult(False, "refund_failed", "The card issuer refused the refund.")
+        else:
+            result = ChargeResult(True)
+        self._remember(idempotency_key, result)
+        return result
+
+    def _remember(self, key: str, result: ChargeResult) -> None:
+        self._results[key] = result
         if len(self._results) > _REMEMBERED:
             self._results.popitem(last=False)
-        return result
 
     def _decide(self, payment: Payment) -> ChargeResult:
         details = payment.method_details

@@ -19,11 +19,15 @@ from typing import Final
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
+from payflow.config import ApiKeyConfig
 from payflow.errors import ValidationError
 from payflow.store.base import Store
-from payflow.web import health, payments, problems
+from payflow.web import endpoints, events, health, payments, problems, refunds
+from payflow.web.auth import auth_middleware
+from payflow.web.idempotency import Idempotency
+from payflow.web.idempotency import middleware as idempotency_middleware
 
 log = structlog.get_logger("payflow.web")
 
@@ -43,7 +47,16 @@ class WebContext:
     enqueue_payment: Callable[[bytes], Awaitable[None]]
     # True when Redis answers; for /readyz.
     ping: Callable[[], Awaitable[bool]]
+    # LPUSH onto the webhook queue (event retries, endpoint recovery); None: not offered.
+    enqueue_webhook: Callable[[bytes], Awaitable[None]] | None = None
     max_body_bytes: int = 65536
+    # How long a rotated-out endpoint secret keeps signing.
+    rotation_grace_hours: float = 24.0
+    # API keys; none: the API is open.
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+    metrics_public: bool = True
+    # Idempotency-Key handling for POST /v1/...; None: the header is ignored.
+    idempotency: Idempotency | None = None
     # Set => every request but /healthz gets 503 (shutdown).
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -54,9 +67,17 @@ REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
 
 def create_app(ctx: WebContext) -> web.Application:
     """The aiohttp application of the HTTP API around ``ctx``."""
-    app = web.Application(client_max_size=ctx.max_body_bytes, middlewares=[_middleware])
+    middlewares: list[Middleware] = [_middleware]  # first: Request-Id, problem rendering
+    # then who is calling (the idempotency keys are scoped to the API key)
+    middlewares.append(auth_middleware(ctx.api_keys, metrics_public=ctx.metrics_public))
+    if ctx.idempotency is not None:
+        middlewares.append(idempotency_middleware(ctx.idempotency))
+    app = web.Application(client_max_size=ctx.max_body_bytes, middlewares=middlewares)
     app[CTX_KEY] = ctx
     payments.add_routes(app, ctx)
+    refunds.add_routes(app, ctx)
+    endpoints.add_routes(app, ctx)
+    events.add_routes(app, ctx)
     health.add_routes(app, ctx)
     app.on_response_prepare.append(_stamp_request_id)
     return app

@@ -14,10 +14,12 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from payflow.errors import ValidationError
 from payflow.jobs import PaymentJob
 from payflow.models import Payment, PaymentStatus, new_payment_id
 from payflow.validation import validate_payment_request
 from payflow.web import problems
+from payflow.web.params import page_limit, time_param
 
 if TYPE_CHECKING:
     from payflow.web.app import WebContext
@@ -32,7 +34,9 @@ ENQUEUE_ERRORS: Final = (RedisError, OSError, TimeoutError)
 def add_routes(app: web.Application, ctx: WebContext) -> None:
     handlers = _PaymentHandlers(ctx)
     app.router.add_post(PAYMENTS_PATH, handlers.create)
+    app.router.add_get(PAYMENTS_PATH, handlers.list)
     app.router.add_get(PAYMENTS_PATH + "/{payment_id}", handlers.retrieve)
+    app.router.add_post(PAYMENTS_PATH + "/{payment_id}/cancel", handlers.cancel)
 
 
 class _PaymentHandlers:
@@ -69,6 +73,42 @@ class _PaymentHandlers:
         return problems.json_response(
             snapshot, status=202, headers={"Location": f"{PAYMENTS_PATH}/{payment.id}"}
         )
+
+    async def list(self, request: web.Request) -> web.Response:
+        """Newest first, ``limit`` 1-100 (10), cursor ``starting_after``, filters ``status``,
+        ``created[gte]`` and ``created[lte]`` (unix seconds or ISO-8601)."""
+        limit = page_limit(request)
+        status = None
+        if (raw := request.query.get("status")) is not None:
+            try:
+                status = PaymentStatus(raw)
+            except ValueError:
+                raise ValidationError(
+                    "status must be one of " + ", ".join(s.value for s in PaymentStatus) + ".",
+                    param="status", code="invalid_status", status=400) from None
+        page = await self._ctx.store.list_payments(
+            limit=limit + 1, starting_after=request.query.get("starting_after"), status=status,
+            created_gte=time_param(request, "created[gte]"),
+            created_lte=time_param(request, "created[lte]"))
+        return problems.json_response({"object": "list", "url": PAYMENTS_PATH,
+                                       "data": [p.to_dict() for p in page[:limit]],
+                                       "has_more": len(page) > limit})
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        """``pending → canceled``. The payment's job, still queued, then only queues the
+        ``payment.canceled`` event: a consumer never processes a canceled payment."""
+        payment_id = request.match_info["payment_id"]
+        canceled = await self._ctx.store.transition(payment_id, (PaymentStatus.PENDING,),
+                                                    PaymentStatus.CANCELED)
+        if canceled is None:
+            current = await self._ctx.store.get_payment(payment_id)
+            if current is None:
+                raise problems.payment_not_found(payment_id)
+            raise problems.conflict(f"Only a pending payment can be canceled; this one is "
+                                    f"{current.status.value}.", code="payment_not_cancelable",
+                                    status=current.status.value)
+        log.info("payment.canceled", payment_id=payment_id)
+        return problems.json_response(canceled.to_dict())
 
     async def retrieve(self, request: web.Request) -> web.Response:
         payment_id = request.match_info["payment_id"]

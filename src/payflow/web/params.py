@@ -1,0 +1,38 @@
+"""Query parameters shared by the list endpoints."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from payflow.errors import ValidationError
+from payflow.models import iso, parse_iso
+
+
+def page_limit(request: web.Request, default: int = 10) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise ValidationError("limit must be an integer from 1 to 100.", param="limit",
+                              code="out_of_range", status=400)
+    return int(raw)
+
+
+def time_param(request: web.Request, name: str) -> str | None:
+    """An ISO-8601 time or unix seconds, as ISO-8601; None when absent."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        if raw.isdigit():
+            return iso(datetime.fromtimestamp(int(raw), UTC))
+        moment = parse_iso(raw)
+    except (ValueError, OverflowError, OSError):
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ValidationError(f"{name} must be unix seconds or an ISO-8601 time with a zone, "
+                              "such as 2026-11-24T09:00:00Z.", param=name,
+                              code="invalid_time", status=400)
+    return iso(moment)

@@ -1,0 +1,177 @@
+"""Listing, cancel and refunds through aiohttp's test client, and a refund through the
+payment consumer's rules."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.exceptions
+from aiohttp.test_utils import TestClient, TestServer
+
+from payflow.jobs import PaymentJob, RefundJob, parse_job
+from payflow.models import Payment, PaymentStatus, RefundStatus
+from payflow.payments import PaymentService
+from payflow.processor import SimulatedProcessor
+from payflow.store.memory import MemoryStore
+from payflow.web import WebContext, create_app
+
+REFUND_FAILS = "4000000000005126"
+
+
+class Env:
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.raws: list[bytes] = []
+        self.fail = False
+
+    async def enqueue(self, raw: bytes) -> None:
+        if self.fail:
+            raise redis.exceptions.ConnectionError("down")
+        self.raws.append(raw)
+
+    async def run_jobs(self) -> list[str]:
+        """Run every queued job through the consumer's rules; returns the event types."""
+        service = PaymentService(self.store, SimulatedProcessor())
+        types = []
+        while self.raws:
+            job = parse_job(self.raws.pop(0))
+            if isinstance(job, RefundJob):
+                event = await service.refund(job)
+            else:
+                assert isinstance(job, PaymentJob)
+                event = await service.process(job)
+            if event is not None:
+                await self.store.add_event(event)
+                types.append(event.type)
+        return types
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[Env, TestClient[Any, Any]]]:
+    e = Env()
+
+    async def ping() -> bool:
+        return True
+
+    ctx = WebContext(store=e.store, enqueue_payment=e.enqueue, ping=ping)
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
+    await client.start_server()
+    try:
+        yield e, client
+    finally:
+        await client.close()
+
+
+async def pay(client: TestClient[Any, Any], amount: int = 1000, **extra: Any) -> str:
+    resp = await client.post("/v1/payments", json={"amount": amount, "currency": "INR",
+                                                   "method": "upi", **extra})
+    assert resp.status == 202
+    return str((await resp.json())["id"])
+
+
+async def test_list_newest_first_with_cursor_and_filters(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    ids = [await pay(client) for _ in range(5)]
+    await e.store.transition(ids[1], (PaymentStatus.PENDING,), PaymentStatus.CANCELED)
+    page = await (await client.get("/v1/payments?limit=2")).json()
+    assert page["object"] == "list" and page["has_more"] is True
+    assert [p["id"] for p in page["data"]] == [ids[4], ids[3]]
+    nxt = await (await client.get(f"/v1/payments?limit=2&starting_after={ids[3]}")).json()
+    assert [p["id"] for p in nxt["data"]] == [ids[2], ids[1]]
+    last = await (await client.get(f"/v1/payments?limit=2&starting_after={ids[1]}")).json()
+    assert [p["id"] for p in last["data"]] == [ids[0]] and last["has_more"] is False
+    canceled = await (await client.get("/v1/payments?status=canceled")).json()
+    assert [p["id"] for p in canceled["data"]] == [ids[1]]
+    everything = await (await client.get("/v1/payments?created[gte]=0&limit=100")).json()
+    assert len(everything["data"]) == 5
+    future = await (await client.get("/v1/payments?created[gte]=2999-01-01T00:00:00Z")).json()
+    assert future["data"] == []
+    for query, param in [("limit=0", "limit"), ("limit=101", "limit"), ("status=lost", "status"),
+                         ("created[gte]=yesterday", "created[gte]")]:
+        resp = await client.get(f"/v1/payments?{query}")
+        assert resp.status == 400 and (await resp.json())["param"] == param
+
+
+async def test_cancel_pending_only(env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    payment_id = await pay(client)
+    resp = await client.post(f"/v1/payments/{payment_id}/cancel")
+    assert resp.status == 200 and (await resp.json())["status"] == "canceled"
+    again = await client.post(f"/v1/payments/{payment_id}/cancel")
+    assert again.status == 409
+    problem = await again.json()
+    assert problem["code"] == "payment_not_cancelable" and problem["current_status"] == "canceled"
+    assert (await client.post("/v1/payments/pay_nope/cancel")).status == 404
+    # the queued job is acked without processing and emits payment.canceled
+    assert await e.run_jobs() == ["payment.canceled"]
+    stored = await e.store.get_payment(payment_id)
+    assert stored is not None and stored.status is PaymentStatus.CANCELED
+
+
+async def test_refunds_partial_then_rest(env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    payment_id = await pay(client, 1000)
+    early = await client.post(f"/v1/payments/{payment_id}/refunds", json={"amount": 10})
+    assert early.status == 409 and (await early.json())["current_status"] == "pending"
+    assert await e.run_jobs() == ["payment.success"]
+    resp = await client.post(f"/v1/payments/{payment_id}/refunds", json={"amount": 300})
+    assert resp.status == 202
+    first = await resp.json()
+    assert first["status"] == "pending" and first["amount"] == 300
+    assert resp.headers["Location"] == f"/v1/refunds/{first['id']}"
+    too_much = await client.post(f"/v1/payments/{payment_id}/refunds", json={"amount": 701})
+    assert too_much.status == 422 and (await too_much.json())["code"] == "amount_too_large"
+    rest = await (await client.post(f"/v1/payments/{payment_id}/refunds")).json()
+    assert rest["amount"] == 700  # the default: what is left, pending refunds counted
+    assert await e.run_jobs() == ["refund.success", "refund.success"]
+    payment = await (await client.get(f"/v1/payments/{payment_id}")).json()
+    assert payment["status"] == "refunded" and payment["amount_refunded"] == 1000
+    got = await (await client.get(f"/v1/refunds/{first['id']}")).json()
+    assert got["status"] == "succeeded"
+    none_left = await client.post(f"/v1/payments/{payment_id}/refunds")
+    assert none_left.status == 409
+    assert (await client.get("/v1/refunds/re_nope")).status == 404
+
+
+async def test_partial_refund_and_failed_refund(env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    payment_id = await pay(client, 500, method="card",
+                           card={"number": REFUND_FAILS, "exp_month": 12, "exp_year": 2030})
+    await e.run_jobs()
+    refund = await (await client.post(f"/v1/payments/{payment_id}/refunds",
+                                      json={"amount": 100})).json()
+    assert await e.run_jobs() == ["refund.failed"]
+    failed = await e.store.get_refund(refund["id"])
+    assert failed is not None and failed.status is RefundStatus.FAILED
+    payment = await e.store.get_payment(payment_id)
+    assert payment is not None and payment.status is PaymentStatus.SUCCEEDED
+    assert await e.store.refundable(payment_id) == 500  # a failed refund frees its amount
+    ok_id = await pay(client, 900)
+    await e.run_jobs()
+    await client.post(f"/v1/payments/{ok_id}/refunds", json={"amount": 100})
+    await e.run_jobs()
+    partial = await e.store.get_payment(ok_id)
+    assert partial is not None and partial.status is PaymentStatus.PARTIALLY_REFUNDED
+    assert partial.amount_refunded == 100
+
+
+async def test_refund_validation_and_queue_down(env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    payment_id = await pay(client, 500)
+    await e.run_jobs()
+    for body, code in [({"amount": 0}, "invalid_amount"), ({"amount": "5"}, "invalid_amount"),
+                       ({"amount": True}, "invalid_amount"), ({"reason": "x"}, "unknown_field")]:
+        resp = await client.post(f"/v1/payments/{payment_id}/refunds", json=body)
+        assert resp.status == 422 and (await resp.json())["code"] == code
+    e.fail = True
+    resp = await client.post(f"/v1/payments/{payment_id}/refunds", json={"amount": 5})
+    assert resp.status == 503
+    assert await e.store.refundable(payment_id) == 500  # nothing kept reserved
+    legacy = Payment(id="pay_legacy", method="upi", status=PaymentStatus.SUCCEEDED)
+    await e.store.create_payment(legacy)
+    e.fail = False
+    resp = await client.post("/v1/payments/pay_legacy/refunds")
+    assert resp.status == 409 and "no amount" in (await resp.json())["detail"]
