@@ -16,6 +16,7 @@ from payflow.errors import ValidationError
 from payflow.jobs import WebhookJob
 from payflow.models import EVENT_TYPES, EndpointSecret, WebhookEndpoint, iso, now_iso, parse_iso
 from payflow.web import problems
+from payflow.web.params import reject_unknown
 from payflow.web.payments import ENQUEUE_ERRORS, read_json_object
 from payflow.webhooks import endpoints as eps
 from payflow.webhooks.signing import new_secret
@@ -44,9 +45,7 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
 
 
 def _fields(body: dict[str, object], *, creating: bool) -> dict[str, Any]:
-    for name in body:
-        if name not in _FIELDS:
-            raise ValidationError(f"Unknown field {name!r}.", param=name, code="unknown_field")
+    reject_unknown(body, _FIELDS)
     out: dict[str, Any] = {}
     if "url" in body or creating:
         url = body.get("url")

@@ -11,7 +11,7 @@ from payflow.jobs import WebhookJob
 from payflow.models import Event
 from payflow.web import problems
 from payflow.web.endpoints import enqueue_webhook
-from payflow.web.params import page_limit
+from payflow.web.params import page_limit, reject_unknown
 from payflow.web.payments import read_json_object
 
 if TYPE_CHECKING:
@@ -67,10 +67,7 @@ class _Handlers:
         endpoint_id = None
         if request.can_read_body:
             body = await read_json_object(request)
-            for name in body:
-                if name != "endpoint_id":
-                    raise ValidationError(f"Unknown field {name!r}.", param=name,
-                                          code="unknown_field")
+            reject_unknown(body, ("endpoint_id",))
             value = body.get("endpoint_id")
             if value is not None and not isinstance(value, str):
                 raise ValidationError("endpoint_id must be a string.", param="endpoint_id",

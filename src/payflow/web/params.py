@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -36,3 +37,11 @@ def time_param(request: web.Request, name: str) -> str | None:
                               "such as 2026-11-24T09:00:00Z.", param=name,
                               code="invalid_time", status=400)
     return iso(moment)
+
+
+def reject_unknown(body: dict[str, object], allowed: Collection[str]) -> None:
+    """422 naming the first field of ``body`` that is not in ``allowed``."""
+    for name in body:
+        if name not in allowed:
+            raise ValidationError(f"Unknown field {name!r} (allowed: {', '.join(allowed)}).",
+                                  param=name, code="unknown_field")

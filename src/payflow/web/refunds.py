@@ -16,6 +16,7 @@ from payflow.errors import ValidationError
 from payflow.jobs import RefundJob
 from payflow.models import PaymentStatus, Refund, new_refund_id
 from payflow.web import problems
+from payflow.web.params import reject_unknown
 from payflow.web.payments import ENQUEUE_ERRORS, PAYMENTS_PATH, read_json_object
 
 if TYPE_CHECKING:
@@ -41,10 +42,7 @@ class _Handlers:
         store = self.ctx.store
         payment_id = request.match_info["payment_id"]
         body = await read_json_object(request) if request.can_read_body else {}
-        for name in body:
-            if name != "amount":
-                raise ValidationError(f"Unknown field {name!r}.", param=name,
-                                      code="unknown_field")
+        reject_unknown(body, ("amount",))
         payment = await store.get_payment(payment_id)
         if payment is None:
             raise problems.payment_not_found(payment_id)
