@@ -87,7 +87,7 @@ class PaymentService:
             return await self.store.create_payment(snapshot)
         if job.method is None:
             raise InvalidJob(f"unknown payment {job.payment_id!r} and no method to create it")
-        log.info("payment.created_from_job", payment_id=job.payment_id, method=job.method)
+        log.debug("payment.created_from_job", payment_id=job.payment_id, method=job.method)
         return await self.store.create_payment(Payment(id=job.payment_id, method=job.method))
 
     async def refund(self, job: RefundJob) -> Event | None:

@@ -60,6 +60,10 @@ class Consumer:
         self.block_seconds = block_seconds
         self.settle_each = settle_each
         self.log = log.bind(consumer=client.consumer_id, queue=client.queue)
+        self._in_flight = metrics.IN_FLIGHT.labels(client.queue)
+        self._seconds = metrics.JOB_SECONDS.labels(client.queue)
+        self._counted = {kind: metrics.JOBS.labels(client.queue, kind)
+                         for kind in ("done", "retried", "dead")}
 
     async def run(self) -> None:
         failures = 0
@@ -83,26 +87,40 @@ class Consumer:
             if not raws:
                 continue
             if self.settle_each:
-                async with asyncio.TaskGroup() as tg:
-                    for raw in raws:
-                        tg.create_task(self._run_and_settle([raw]))
+                await self._run_in_waves(raws)
             else:
                 await self._run_and_settle(raws)
             if len(raws) < self.batch_size:
                 await asyncio.sleep(SHORT_BATCH_PAUSE)
 
     async def _run_and_settle(self, raws: list[bytes]) -> None:
-        in_flight = metrics.IN_FLIGHT.labels(self.client.queue)
-        in_flight.inc(len(raws))
+        """Run a batch; record all its outcomes in one round trip."""
+        self._in_flight.inc(len(raws))
         try:
-            await self._handle_batch(raws)
+            outcomes = await asyncio.gather(*(self._outcome(raw) for raw in raws))
+            await self._record(list(zip(raws, outcomes, strict=True)))
         finally:
-            in_flight.dec(len(raws))
+            self._in_flight.dec(len(raws))
 
-    async def _handle_batch(self, raws: list[bytes]) -> None:
-        outcomes = await asyncio.gather(*(self._outcome(raw) for raw in raws))
+    async def _run_in_waves(self, raws: list[bytes]) -> None:
+        """Run a batch; record outcomes as jobs finish, those done by then together, so a
+        slow job (a webhook receiver taking its time) holds back no other job's ack."""
+        tasks = {asyncio.ensure_future(self._outcome(raw)): raw for raw in raws}
+        self._in_flight.inc(len(tasks))
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                wave = [(tasks.pop(task), task.result()) for task in done]
+                self._in_flight.dec(len(wave))
+                await self._record(wave)
+        finally:
+            for task in tasks:  # cancelled at shutdown: the jobs stay in the processing list
+                task.cancel()
+            self._in_flight.dec(len(tasks))
+
+    async def _record(self, finished: list[tuple[bytes, Outcome]]) -> None:
         settlement = Settlement()
-        for raw, outcome in zip(raws, outcomes, strict=True):
+        for raw, outcome in finished:
             for job in outcome.push:
                 settlement.push(job)
             for job, seconds in outcome.delay:
@@ -114,9 +132,9 @@ class Consumer:
             settlement.ack(raw)
         # Recording the outcome must not be interrupted half-way by a shutdown.
         await asyncio.shield(self._settle(settlement))
-        for outcome in outcomes:
+        for _, outcome in finished:
             kind = "dead" if outcome.dead is not None else "retried" if outcome.delay else "done"
-            metrics.JOBS.labels(self.client.queue, kind).inc()
+            self._counted[kind].inc()
             if outcome.after is not None:
                 try:
                     await outcome.after()
@@ -124,7 +142,7 @@ class Consumer:
                     self.log.exception("queue.after_failed")
 
     async def _outcome(self, raw: bytes) -> Outcome:
-        with metrics.JOB_SECONDS.labels(self.client.queue).time():
+        with self._seconds.time():
             return await self._run_handler(raw)
 
     async def _run_handler(self, raw: bytes) -> Outcome:
