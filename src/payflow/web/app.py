@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler, Middleware
 from payflow.config import ApiKeyConfig
 from payflow.errors import ValidationError
 from payflow.store.base import Store
-from payflow.web import endpoints, events, health, payments, problems, refunds
+from payflow.web import endpoints, events, health, openapi, payments, problems, refunds
 from payflow.web.auth import auth_middleware
 from payflow.web.idempotency import Idempotency
 from payflow.web.idempotency import middleware as idempotency_middleware
@@ -79,6 +79,7 @@ def create_app(ctx: WebContext) -> web.Application:
     endpoints.add_routes(app, ctx)
     events.add_routes(app, ctx)
     health.add_routes(app, ctx)
+    openapi.add_routes(app)
     app.on_response_prepare.append(_stamp_request_id)
     return app
 

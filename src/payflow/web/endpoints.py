@@ -14,9 +14,9 @@ from aiohttp import web
 from payflow import metrics
 from payflow.errors import ValidationError
 from payflow.jobs import WebhookJob
-from payflow.models import EVENT_TYPES, EndpointSecret, WebhookEndpoint, iso, now_iso, parse_iso
+from payflow.models import ALL_EVENT_TYPES, EndpointSecret, WebhookEndpoint, iso, now_iso
 from payflow.web import problems
-from payflow.web.params import reject_unknown
+from payflow.web.params import parse_time, reject_unknown
 from payflow.web.payments import ENQUEUE_ERRORS, read_json_object
 from payflow.webhooks import endpoints as eps
 from payflow.webhooks.signing import new_secret
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("payflow.web")
 
 PATH: Final = "/v1/webhook_endpoints"
-EVENT_NAMES: Final = frozenset(EVENT_TYPES.values())
+EVENT_NAMES: Final = frozenset(ALL_EVENT_TYPES)
 _FIELDS: Final = ("url", "enabled_events", "description", "disabled")
 # The outcomes of a last attempt that recover replays ("retrying" ones are still scheduled).
 RECOVERABLE: Final = frozenset({"dead", "refused", "disabled", "skipped"})
@@ -44,15 +44,25 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     app.router.add_post(PATH + "/{id}/recover", h.recover)
 
 
+def _valid_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname)
+            and (port is None or port > 0) and len(url) <= 2048)
+
+
 def _fields(body: dict[str, object], *, creating: bool) -> dict[str, Any]:
     reject_unknown(body, _FIELDS)
     out: dict[str, Any] = {}
     if "url" in body or creating:
         url = body.get("url")
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValidationError("url must be an http:// or https:// URL with a host.",
-                                  param="url", code="invalid_url")
+        if not isinstance(url, str) or not _valid_url(url):
+            raise ValidationError("url must be an http:// or https:// URL with a host (and a "
+                                  "port from 1 to 65535, if any).", param="url",
+                                  code="invalid_url")
         out["url"] = url
     if "enabled_events" in body:
         events = body["enabled_events"]
@@ -140,13 +150,9 @@ class _Handlers:
                                     f"({endpoint.disabled_reason}); enable it first with "
                                     f"PATCH {PATH}/{endpoint.id} {{\"disabled\": false}}.",
                                     code="endpoint_disabled")
-        since = request.query.get("since") or iso(datetime.now(UTC) - timedelta(hours=24))
-        try:
-            parse_iso(since)
-        except ValueError:
-            raise ValidationError("since must be an ISO-8601 time such as "
-                                  "2026-11-24T09:00:00Z.", param="since",
-                                  code="invalid_time") from None
+        raw_since = request.query.get("since")
+        since = (parse_time(raw_since, "since", status=422) if raw_since is not None
+                 else iso(datetime.now(UTC) - timedelta(hours=24)))
         last: dict[str, str] = {}  # event id -> outcome of its latest attempt at this endpoint
         for attempt in await self.ctx.store.attempts_since(endpoint.id, since):
             last[attempt.event_id] = attempt.outcome

@@ -15,28 +15,32 @@ def page_limit(request: web.Request, default: int = 10) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise ValidationError("limit must be an integer from 1 to 100.", param="limit",
                               code="out_of_range", status=400)
     return int(raw)
 
 
 def time_param(request: web.Request, name: str) -> str | None:
-    """An ISO-8601 time or unix seconds, as ISO-8601; None when absent."""
+    """An ISO-8601 time or unix seconds, as ISO-8601; None when absent; 400 when bad."""
     raw = request.query.get(name)
-    if raw is None:
-        return None
+    return None if raw is None else parse_time(raw, name, status=400)
+
+
+def parse_time(raw: str, name: str, *, status: int) -> str:
+    """Unix seconds or an ISO-8601 time with a zone, as ISO-8601 UTC; else a
+    ``ValidationError`` (``invalid_time``) with ``status``."""
     try:
-        if raw.isdigit():
+        if raw.isascii() and raw.isdigit():
             return iso(datetime.fromtimestamp(int(raw), UTC))
         moment = parse_iso(raw)
+        if moment.tzinfo is not None:
+            return iso(moment)
     except (ValueError, OverflowError, OSError):
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise ValidationError(f"{name} must be unix seconds or an ISO-8601 time with a zone, "
-                              "such as 2026-11-24T09:00:00Z.", param=name,
-                              code="invalid_time", status=400)
-    return iso(moment)
+        pass
+    raise ValidationError(f"{name} must be unix seconds or an ISO-8601 time with a zone, "
+                          "such as 2026-11-24T09:00:00Z.", param=name, code="invalid_time",
+                          status=status)
 
 
 def reject_unknown(body: dict[str, object], allowed: Collection[str]) -> None:
