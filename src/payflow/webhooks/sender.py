@@ -91,7 +91,10 @@ class WebhookHandler:
             if not skipped:
                 log.info("webhook.no_subscribers", event_type=event.type)
             return Outcome()
-        attempts = await asyncio.gather(*(self._deliver(ep, event) for ep in targets))
+        if len(targets) == 1:  # the common case: no task to create
+            attempts = [await self._deliver(targets[0], event)]
+        else:
+            attempts = await asyncio.gather(*(self._deliver(ep, event) for ep in targets))
         delay: list[tuple[bytes, float]] = []
         dead: list[tuple[bytes, str]] = []
         for endpoint, attempt in zip(targets, attempts, strict=True):
