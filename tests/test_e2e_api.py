@@ -128,8 +128,13 @@ async def test_every_status_code_over_real_http(make_daemon: Callable[..., Daemo
 
             assert (await call(http, "POST", base, json=BODY))[0] == 400  # key required
             status, headers, created = await call(http, "POST", base, json=BODY,
-                                                  headers=idem("k1"))
+                                                  headers={**idem("k1"),
+                                                           "Request-Id": "client-req-7"})
             assert status == 202 and headers["Location"].endswith(created["id"])
+            assert headers["Request-Id"] == "client-req-7"  # taken from the request
+            d.wait_for("payment.created")
+            line = next(x for x in d.lines() if "payment.created" in x)
+            assert "request_id=client-req-7" in line  # and on the request's log lines
             status, headers, replay = await call(http, "POST", base, json=BODY,
                                                  headers=idem("k1"))
             assert status == 202 and headers["Idempotent-Replayed"] == "true"
@@ -164,3 +169,13 @@ async def test_every_status_code_over_real_http(make_daemon: Callable[..., Daemo
         assert d.stop() == 0
     finally:
         server.kill()
+
+
+def test_open_api_off_loopback_warns(make_daemon: Callable[..., Daemon],
+                                     redis_server: RedisServer) -> None:
+    d = make_daemon(redis_server.url, args=["--host", "0.0.0.0", "--log-format", "console"])
+    assert "api.open" in d.output() and "anyone who reaches it" in d.output()
+    assert d.stop() == 0
+    quiet = make_daemon(redis_server.url)  # loopback: no warning
+    assert "api.open" not in quiet.output()
+    assert quiet.stop() == 0
