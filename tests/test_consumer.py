@@ -143,3 +143,34 @@ async def test_jobs_moved_by_a_lost_fetch_reply_are_put_back(fake_redis: Redis) 
     assert sorted(seen) == [b"a", b"b"]
     assert await fake_redis.llen(client.processing) == 0
     assert any(e["event"] == "queue.recovered_unseen_jobs" and e["jobs"] == 2 for e in logs)
+
+
+async def test_a_slow_job_does_not_hold_back_fetching_in_streaming_mode(
+        fake_redis: Redis) -> None:
+    release = asyncio.Event()
+    handled: list[bytes] = []
+
+    async def handler(raw: bytes) -> Outcome:
+        if raw == b"slow":
+            await release.wait()
+        handled.append(raw)
+        return Outcome()
+
+    client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:w1")
+    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1, settle_each=True)
+    task = asyncio.create_task(consumer.run())
+    await fake_redis.lpush(Q, b"slow")
+    async with asyncio.timeout(5):
+        while await fake_redis.lrange(client.processing, 0, -1) != [b"slow"]:
+            await asyncio.sleep(0.01)
+        await fake_redis.lpush(Q, b"later-1", b"later-2")  # pushed after the slow one started
+        while sorted(handled) != [b"later-1", b"later-2"]:
+            await asyncio.sleep(0.01)
+        while await fake_redis.lrange(client.processing, 0, -1) != [b"slow"]:
+            await asyncio.sleep(0.01)  # the later jobs are acked; the slow one still runs
+    release.set()
+    consumer.stop.set()
+    async with asyncio.timeout(5):
+        await task
+    assert handled[-1] == b"slow" and await fake_redis.llen(client.processing) == 0

@@ -26,6 +26,8 @@ log = structlog.get_logger("payflow.queue")
 # A consumer whose last batch was short waits this long before fetching again, so that a
 # trickle of jobs is taken in batches rather than one round trip each (see ARCHITECTURE.md).
 SHORT_BATCH_PAUSE = 0.005
+# How often a streaming consumer with jobs in flight looks for new jobs (non-blocking).
+STREAM_POLL = 0.05
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,32 +66,52 @@ class Consumer:
         self._seconds = metrics.JOB_SECONDS.labels(client.queue)
         self._counted = {kind: metrics.JOBS.labels(client.queue, kind)
                          for kind in ("done", "retried", "dead")}
+        self._failures = 0  # consecutive failed fetches
+        self._orphans = False  # a failed fetch may have moved jobs we never saw
+        self._resume_at = 0.0  # loop time before which a streaming consumer does not fetch
 
     async def run(self) -> None:
-        failures = 0
-        while not self.stop.is_set():
-            try:
-                # A fetch whose reply was lost (Redis went away) may have moved jobs into our
-                # processing list that we never saw; nothing else is in flight here.
-                if failures and (moved := await self.client.requeue_all()):
+        """Until ``stop``: in batches (payments), or streaming (webhooks: ``settle_each``)."""
+        if self.settle_each:
+            await self._stream()
+        else:
+            await self._batches()
+
+    async def _fetch(self, room: int, *, idle: bool) -> list[bytes] | None:
+        """Up to ``room`` jobs, blocking only when ``idle`` (nothing of ours in flight). None
+        after a failure: logged, and backed off (waited when idle, else remembered)."""
+        loop = asyncio.get_running_loop()
+        try:
+            # A fetch whose reply was lost (Redis went away) may have moved jobs into our
+            # processing list that we never saw; once nothing of ours is in flight, every job
+            # in that list is such an orphan.
+            if idle and self._orphans:
+                if moved := await self.client.requeue_all():
                     self.log.warning("queue.recovered_unseen_jobs", jobs=moved)
-                raws = await self.client.fetch(self.batch_size, self.block_seconds)
-            except (RedisError, OSError) as exc:
-                failures += 1
-                delay = full_jitter(failures, base=0.1, cap=5.0)
-                self.log.warning("queue.fetch_failed", error=f"{type(exc).__name__}: {exc}",
+                self._orphans = False
+            raws = await self.client.fetch(room, self.block_seconds if idle else 0)
+        except (RedisError, OSError) as exc:
+            self._failures += 1
+            self._orphans = True
+            delay = full_jitter(self._failures, base=0.1, cap=5.0)
+            self.log.warning("queue.fetch_failed", error=f"{type(exc).__name__}: {exc}",
                              retry_in=round(delay, 3))
+            if idle:
                 await wait_or_stop(self.stop, delay)
-                continue
-            if failures:
-                self.log.info("queue.reconnected", after_failures=failures)
-                failures = 0
+            else:
+                self._resume_at = loop.time() + delay
+            return None
+        if self._failures:
+            self.log.info("queue.reconnected", after_failures=self._failures)
+            self._failures = 0
+        return raws
+
+    async def _batches(self) -> None:
+        while not self.stop.is_set():
+            raws = await self._fetch(self.batch_size, idle=True)
             if not raws:
                 continue
-            if self.settle_each:
-                await self._run_in_waves(raws)
-            else:
-                await self._run_and_settle(raws)
+            await self._run_and_settle(raws)
             if len(raws) < self.batch_size:
                 await asyncio.sleep(SHORT_BATCH_PAUSE)
 
@@ -102,21 +124,40 @@ class Consumer:
         finally:
             self._in_flight.dec(len(raws))
 
-    async def _run_in_waves(self, raws: list[bytes]) -> None:
-        """Run a batch; record outcomes as jobs finish, those done by then together, so a
-        slow job (a webhook receiver taking its time) holds back no other job's ack."""
-        tasks = {asyncio.ensure_future(self._outcome(raw)): raw for raw in raws}
-        self._in_flight.inc(len(tasks))
+    async def _stream(self) -> None:
+        """Keep up to ``batch_size`` jobs in flight, fetch more as they finish, and record
+        finished jobs in waves (those done by then, in one round trip): a slow job (a webhook
+        receiver taking its time) holds back neither the acks nor the fetching of others."""
+        loop = asyncio.get_running_loop()
+        running: dict[asyncio.Future[Outcome], bytes] = {}
         try:
-            while tasks:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                wave = [(tasks.pop(task), task.result()) for task in done]
-                self._in_flight.dec(len(wave))
-                await self._record(wave)
+            while not self.stop.is_set():
+                room = self.batch_size - len(running)
+                if room > 0 and loop.time() >= self._resume_at:
+                    for raw in await self._fetch(room, idle=not running) or ():
+                        running[asyncio.ensure_future(self._outcome(raw))] = raw
+                        self._in_flight.inc()
+                if running:
+                    done, _ = await asyncio.wait(running, timeout=STREAM_POLL,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    await self._record_done(running, done)
+                elif loop.time() < self._resume_at:  # backing off while jobs were in flight
+                    await wait_or_stop(self.stop, self._resume_at - loop.time())
+            while running:  # stopping: let them finish (the daemon's grace period bounds this)
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                await self._record_done(running, done)
         finally:
-            for task in tasks:  # cancelled at shutdown: the jobs stay in the processing list
+            for task in running:  # cancelled at shutdown: the jobs stay in the processing list
                 task.cancel()
-            self._in_flight.dec(len(tasks))
+            self._in_flight.dec(len(running))
+
+    async def _record_done(self, running: dict[asyncio.Future[Outcome], bytes],
+                           done: set[asyncio.Future[Outcome]]) -> None:
+        if not done:
+            return
+        wave = [(running.pop(task), task.result()) for task in done]
+        self._in_flight.dec(len(wave))
+        await self._record(wave)
 
     async def _record(self, finished: list[tuple[bytes, Outcome]]) -> None:
         settlement = Settlement()

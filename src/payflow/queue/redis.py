@@ -80,11 +80,12 @@ class QueueClient:
         self._scripts = Scripts(redis)
 
     async def fetch(self, max_jobs: int, block_seconds: float) -> list[bytes]:
-        """Up to ``max_jobs`` jobs in one round trip; when the queue is empty, block for one."""
+        """Up to ``max_jobs`` jobs in one round trip; when the queue is empty, block up to
+        ``block_seconds`` for one (not at all when it is 0)."""
         jobs: list[bytes] = await self._scripts.fetch(
             keys=[self.queue, self.processing], args=[max_jobs]
         )
-        if jobs:
+        if jobs or block_seconds <= 0:  # 0: do not block (BLMOVE's 0 would block forever)
             return jobs
         job = await self.redis.blmove(
             self.queue, self.processing, block_seconds, "RIGHT", "LEFT"  # type: ignore[arg-type]
