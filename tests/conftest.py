@@ -13,12 +13,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import fakeredis
 import pytest
 import redis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from daemon_proc import Daemon, daemon_env
@@ -142,3 +144,23 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield make
     for d in started:
         d.kill()
+
+
+ServeApp = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[ServeApp]:
+    """Factory: ``await serve_app(app)`` serves ``app`` on a free port and returns aiohttp's test
+    client for it; every client is closed after the test."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def serve(app: web.Application) -> TestClient[web.Request, web.Application]:
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield serve
+    for client in clients:
+        await client.close()

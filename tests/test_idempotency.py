@@ -7,19 +7,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import redis.exceptions
 from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 from redis.asyncio import Redis
 
-from conftest import free_port
+from conftest import ServeApp, free_port
 from payflow.models import Payment
 from payflow.store.memory import MemoryStore
 from payflow.web import WebContext, create_app
@@ -105,9 +105,7 @@ def r(request: pytest.FixtureRequest) -> Redis:
 
 
 @pytest.fixture
-async def make_api(r: Redis) -> AsyncIterator[MakeApi]:
-    clients: list[TestClient[web.Request, web.Application]] = []
-
+async def make_api(r: Redis, serve_app: ServeApp) -> MakeApi:
     async def make(*, redis: Redis | None = None, ttl_seconds: float = 3600.0,
                    required: bool = False, lock_seconds: float = 60.0) -> Api:
         the_redis = redis if redis is not None else r
@@ -121,14 +119,10 @@ async def make_api(r: Redis) -> AsyncIterator[MakeApi]:
         app = create_app(WebContext(store=store, enqueue_payment=queue.enqueue, ping=ping,
                                     idempotency=idem))
         app.middlewares.insert(0, fake_auth)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
+        client = await serve_app(app)
         return Api(client=client, store=store, queue=queue, redis=the_redis)
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@ payment consumer's rules."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.exceptions
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
+from conftest import ServeApp
 from payflow.jobs import PaymentJob, RefundJob, parse_job
 from payflow.models import Payment, PaymentStatus, RefundStatus
 from payflow.payments import PaymentService
@@ -49,19 +49,14 @@ class Env:
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[tuple[Env, TestClient[Any, Any]]]:
+async def env(serve_app: ServeApp) -> tuple[Env, TestClient[Any, Any]]:
     e = Env()
 
     async def ping() -> bool:
         return True
 
     ctx = WebContext(store=e.store, enqueue_payment=e.enqueue, ping=ping)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
-    await client.start_server()
-    try:
-        yield e, client
-    finally:
-        await client.close()
+    return e, await serve_app(create_app(ctx))
 
 
 async def pay(client: TestClient[Any, Any], amount: int = 1000, **extra: Any) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
+from conftest import ServeApp
 from payflow.config import ApiKeyConfig
 from payflow.store.memory import MemoryStore
 from payflow.web import WebContext, create_app
@@ -20,9 +21,7 @@ Make = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
-async def make() -> AsyncIterator[Make]:
-    clients: list[TestClient[Any, Any]] = []
-
+async def make(serve_app: ServeApp) -> Make:
     async def build(*, metrics_public: bool = True) -> TestClient[Any, Any]:
         async def enqueue(raw: bytes) -> None:
             return None
@@ -32,14 +31,9 @@ async def make() -> AsyncIterator[Make]:
 
         ctx = WebContext(store=MemoryStore(), enqueue_payment=enqueue, ping=ping, api_keys=KEYS,
                          metrics_public=metrics_public)
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await serve_app(create_app(ctx))
 
-    yield build
-    for client in clients:
-        await client.close()
+    return build
 
 
 def bearer(secret: str) -> dict[str, str]:

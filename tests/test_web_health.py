@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
 import redis.exceptions
 import structlog
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
+from conftest import ServeApp
 from payflow.store.memory import MemoryStore
 from payflow.web import WebContext, create_app, health
 
@@ -47,20 +48,14 @@ class Health:
 
 
 @pytest.fixture
-async def make_health() -> AsyncIterator[Callable[[], Awaitable[Health]]]:
-    clients: list[TestClient[web.Request, web.Application]] = []
-
+async def make_health(serve_app: ServeApp) -> Callable[[], Awaitable[Health]]:
     async def make() -> Health:
         fake = FakeRedis()
         ctx = WebContext(store=MemoryStore(), enqueue_payment=fake.enqueue, ping=fake.ping)
-        client = TestClient(TestServer(create_app(ctx)))
-        await client.start_server()
-        clients.append(client)
+        client = await serve_app(create_app(ctx))
         return Health(client=client, redis=fake, ctx=ctx)
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 @pytest.fixture

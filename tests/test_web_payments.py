@@ -14,8 +14,9 @@ import pytest
 import redis.exceptions
 import structlog
 from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
+from conftest import ServeApp
 from payflow.jobs import PaymentJob, parse_job
 from payflow.models import Payment
 from payflow.processor import card_fingerprint
@@ -75,9 +76,7 @@ MakeApi = Callable[..., Awaitable[Api]]
 
 
 @pytest.fixture
-async def make_api() -> AsyncIterator[MakeApi]:
-    clients: list[TestClient[web.Request, web.Application]] = []
-
+async def make_api(serve_app: ServeApp) -> MakeApi:
     async def make(*, max_body_bytes: int = 65536, store: RecordingStore | None = None) -> Api:
         queue = FakeQueue()
         the_store = store if store is not None else RecordingStore()
@@ -87,14 +86,10 @@ async def make_api() -> AsyncIterator[MakeApi]:
 
         ctx = WebContext(store=the_store, enqueue_payment=queue.enqueue, ping=ping,
                          max_body_bytes=max_body_bytes)
-        client = TestClient(TestServer(create_app(ctx)))
-        await client.start_server()
-        clients.append(client)
+        client = await serve_app(create_app(ctx))
         return Api(client=client, store=the_store, queue=queue, ctx=ctx)
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.exceptions
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
+from conftest import ServeApp
 from payflow.jobs import WebhookJob, parse_job
 from payflow.models import DeliveryAttempt, Event, Payment, PaymentStatus, WebhookEndpoint
 from payflow.store.memory import MemoryStore
@@ -36,7 +36,7 @@ class Env:
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[tuple[Env, TestClient[Any, Any]]]:
+async def env(serve_app: ServeApp) -> tuple[Env, TestClient[Any, Any]]:
     e = Env()
 
     async def enqueue(raw: bytes) -> None:
@@ -47,12 +47,7 @@ async def env() -> AsyncIterator[tuple[Env, TestClient[Any, Any]]]:
 
     ctx = WebContext(store=e.store, enqueue_payment=enqueue, ping=ping,
                      enqueue_webhook=e.enqueue_webhook, rotation_grace_hours=24)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
-    await client.start_server()
-    try:
-        yield e, client
-    finally:
-        await client.close()
+    return e, await serve_app(create_app(ctx))
 
 
 async def test_create_returns_the_secret_once(
