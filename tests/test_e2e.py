@@ -168,7 +168,7 @@ async def test_failing_receiver_is_retried_with_delay_then_dead(
 def test_bad_jobs_go_to_dead_and_the_daemon_keeps_running(
         make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
     d = make_daemon(redis_server.url)
-    bad: list[bytes] = [b"garbage", b"", b"\xff\xfe\x00\x01", b"x" * 1_000_000,
+    bad: list[bytes] = [b"garbage", b"", b"\xff\xfe\x00\x01", b"x" * 2_000_000, b"y" * 1_000_000,
                         b'{"v":1,"kind":"chargeback"}', b"process_payment:pay_1:bitcoin"]
     for queue in ("payflow_jobs", "webhook_jobs"):
         lpush(redis_server.port, queue, *bad)

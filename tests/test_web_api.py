@@ -170,3 +170,19 @@ async def test_refund_validation_and_queue_down(env: tuple[Env, TestClient[Any, 
     e.fail = False
     resp = await client.post("/v1/payments/pay_legacy/refunds")
     assert resp.status == 409 and "no amount" in (await resp.json())["detail"]
+
+
+async def test_a_request_whose_job_would_be_too_large_is_refused(serve_app: ServeApp) -> None:
+    e = Env()
+
+    async def ping() -> bool:
+        return True
+
+    ctx = WebContext(store=e.store, enqueue_payment=e.enqueue, ping=ping, max_job_bytes=600)
+    client = await serve_app(create_app(ctx))
+    big = {"amount": 100, "currency": "INR", "method": "upi", "metadata": {"note": "n" * 400}}
+    resp = await client.post("/v1/payments", json=big)
+    assert resp.status == 413 and (await resp.json())["code"] == "job_too_large"
+    assert e.raws == [] and await e.store.list_payments(limit=10) == []  # nothing kept
+    small = await client.post("/v1/payments", json={**big, "metadata": {}})
+    assert small.status == 202

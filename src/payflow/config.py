@@ -83,7 +83,7 @@ class QueueConfig:
     batch_size: int = 50
     block_timeout_seconds: float = 1.0
     promote_interval_seconds: float = 0.5
-    max_job_bytes: int = 65536
+    max_job_bytes: int = 1048576  # room for any job the API makes from a 64 KiB request
     max_redeliveries: int = 5
 
 

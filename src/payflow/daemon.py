@@ -139,6 +139,7 @@ class Daemon:
         ctx = WebContext(store=st, enqueue_payment=enqueue, ping=ping,
                          enqueue_webhook=enqueue_webhook,
                          max_body_bytes=cfg.http.max_body_bytes,
+                         max_job_bytes=cfg.queue.max_job_bytes,
                          rotation_grace_hours=cfg.webhooks.secret_rotation_grace_hours,
                          api_keys=cfg.api.keys, metrics_public=cfg.api.metrics_public,
                          idempotency=Idempotency(

@@ -50,6 +50,8 @@ class WebContext:
     # LPUSH onto the webhook queue (event retries, endpoint recovery); None: not offered.
     enqueue_webhook: Callable[[bytes], Awaitable[None]] | None = None
     max_body_bytes: int = 65536
+    # The largest job the consumers accept: a request whose job would be larger is refused.
+    max_job_bytes: int = 1048576
     # How long a rotated-out endpoint secret keeps signing.
     rotation_grace_hours: float = 24.0
     # API keys; none: the API is open.

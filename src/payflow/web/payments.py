@@ -58,6 +58,9 @@ class _PaymentHandlers:
         ))
         snapshot = payment.to_dict()
         raw = PaymentJob(payment_id=payment.id, method=payment.method, payment=snapshot).encode()
+        if len(raw) > self._ctx.max_job_bytes:  # its consumer would dead-letter it
+            await self._forget(payment.id)
+            raise problems.job_too_large(len(raw), self._ctx.max_job_bytes)
         try:
             await self._ctx.enqueue_payment(raw)
         except Exception as exc:

@@ -192,3 +192,9 @@ def conflict(detail: str, *, code: str, status: str | None = None) -> Problem:
 def unavailable(detail: str) -> Problem:
     return Problem(503, "queue-unavailable", "Queue unavailable", detail,
                    code="queue_unavailable", headers={"Retry-After": "1"})
+
+
+def job_too_large(size: int, limit: int) -> Problem:
+    return Problem(413, "job-too-large", "Request too large to queue",
+                   f"The job this request makes would be {size} bytes, over the queue's limit "
+                   f"of {limit} bytes ([queue] max_job_bytes).", code="job_too_large")
