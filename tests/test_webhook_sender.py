@@ -126,6 +126,13 @@ async def test_log_sink_prints_the_seed_lines(make_handler: Callable[..., Any]) 
     assert (attempt.endpoint_id, attempt.outcome, attempt.attempt) == ("log", "succeeded", 1)
 
 
+def test_status_classes() -> None:
+    from payflow.metrics import status_class
+
+    assert [status_class(204), status_class(503), status_class(None, ok=True),
+            status_class(None)] == ["2xx", "5xx", "none", "error"]
+
+
 async def test_schedule_with_jitter_then_dead(make_handler: Callable[..., Any]) -> None:
     handler, store = await make_handler(failure_rate=1.0)
     outcome = await handler(b"webhook:payment.success:pay_1")

@@ -70,7 +70,6 @@ class Daemon:
         self.config = config
         self.id = config.daemon.id or new_daemon_id()
         self.stop = asyncio.Event()
-        self.http_port: int | None = None
         self._embedded: EmbeddedRedis | None = None
         self._clients: list[Redis] = []
         self._queues: list[QueueClient] = []
@@ -188,7 +187,6 @@ class Daemon:
                 "Choose another port with --port, PAYFLOW_HTTP_PORT or [http] port."
             ) from None
         address = runner.addresses[0]
-        self.http_port = int(address[1])
         log.info("daemon.started", daemon_id=self.id,
                  http=f"http://{address[0]}:{address[1]}", config=config_summary(cfg))
 

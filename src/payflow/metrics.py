@@ -42,8 +42,12 @@ ENDPOINTS_DISABLED = Counter("payflow_webhook_endpoints_disabled", "Endpoints di
                              "cause (gone, failing, api).", ["cause"], registry=REGISTRY)
 
 
-def status_class(status: int | None) -> str:
-    return "error" if status is None else f"{status // 100}xx"
+def status_class(status: int | None, *, ok: bool = False) -> str:
+    """``2xx``…``5xx``; without an HTTP answer ``none`` for a success (the log sink) and
+    ``error`` for a failure (timeout, refused, connection)."""
+    if status is None:
+        return "none" if ok else "error"
+    return f"{status // 100}xx"
 
 
 def render() -> bytes:

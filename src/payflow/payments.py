@@ -33,11 +33,12 @@ class PaymentService:
         Raises :class:`RetryLater` on a transient processor failure before the last attempt."""
         payment = await self._load(job)
         if payment.status.terminal:  # canceled included: acked without processing
-            if await self.store.get_event(Event.for_payment(payment).id) is not None:
+            event = Event.for_payment(payment)
+            if await self.store.get_event(event.id) is not None:
                 log.info("payment.already_done", payment_id=payment.id, status=payment.status)
                 return None
             log.info("payment.requeue_event", payment_id=payment.id, status=payment.status)
-            return Event.for_payment(payment)
+            return event
         if payment.status is PaymentStatus.PENDING:
             claimed = await self.store.transition(payment.id, _PENDING, PaymentStatus.PROCESSING)
             if claimed is None:  # changed under us (canceled, or another consumer took it)

@@ -175,9 +175,9 @@ class _Handlers:
 
 async def enqueue_webhook(ctx: WebContext, raw: bytes) -> None:
     if ctx.enqueue_webhook is None:
-        raise problems.unavailable("Webhook jobs cannot be queued from this server.")
+        raise problems.queue_unavailable("Webhook jobs cannot be queued from this server.")
     try:
         await ctx.enqueue_webhook(raw)
     except ENQUEUE_ERRORS:
-        raise problems.unavailable("The webhook job could not be queued; retry shortly.") \
+        raise problems.queue_unavailable("The webhook job could not be queued; retry shortly.") \
             from None

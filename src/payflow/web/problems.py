@@ -135,9 +135,10 @@ def shutting_down() -> Problem:
                    headers={"Retry-After": "1"})
 
 
-def queue_unavailable() -> Problem:
-    return Problem(503, "queue-unavailable", "Queue unavailable",
-                   "The payment could not be queued and was not accepted; retry shortly.",
+def queue_unavailable(
+    detail: str = "The payment could not be queued and was not accepted; retry shortly.",
+) -> Problem:
+    return Problem(503, "queue-unavailable", "Queue unavailable", detail,
                    code="queue_unavailable", headers={"Retry-After": "1"})
 
 
@@ -188,10 +189,6 @@ def conflict(detail: str, *, code: str, status: str | None = None) -> Problem:
         problem.extra["current_status"] = status
     return problem
 
-
-def unavailable(detail: str) -> Problem:
-    return Problem(503, "queue-unavailable", "Queue unavailable", detail,
-                   code="queue_unavailable", headers={"Retry-After": "1"})
 
 
 def job_too_large(size: int, limit: int) -> Problem:

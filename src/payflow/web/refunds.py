@@ -71,7 +71,8 @@ class _Handlers:
             await self.ctx.enqueue_payment(raw)
         except ENQUEUE_ERRORS:
             await store.delete_refund(refund.id)
-            raise problems.queue_unavailable() from None
+            raise problems.queue_unavailable(
+                "The refund could not be queued and was not accepted; retry shortly.") from None
         log.info("refund.created", refund_id=refund.id, payment_id=payment_id, amount=amount)
         return problems.json_response(refund.to_dict(), status=202,
                                       headers={"Location": f"{REFUNDS_PATH}/{refund.id}"})

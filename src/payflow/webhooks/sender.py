@@ -152,7 +152,8 @@ class WebhookHandler:
 
     async def _record(self, event: Event, endpoint_id: str, attempt_no: int, outcome: str,
                       attempt: Attempt, *, next_retry_at: str | None = None) -> None:
-        metrics.WEBHOOK_ATTEMPTS.labels(outcome, metrics.status_class(attempt.status)).inc()
+        status = metrics.status_class(attempt.status, ok=attempt.ok)
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome, status).inc()
         if outcome != "skipped":
             metrics.WEBHOOK_SECONDS.observe(attempt.latency_ms / 1000)
         await self.store.add_attempt(DeliveryAttempt(

@@ -6,8 +6,7 @@
 --   'delay', raw, ms      ZADD raw into delayed, due ms from now by Redis' clock
 --   'dead',  entry        LPUSH a dead-letter entry
 -- Returns the number of operations applied.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = nil  -- Redis' clock in ms, read only when a retry needs it
 local i, n = 1, 0
 while i <= #ARGV do
   local op = ARGV[i]
@@ -16,6 +15,10 @@ while i <= #ARGV do
   elseif op == 'push' then
     redis.call('LPUSH', KEYS[4], ARGV[i + 1]); i = i + 2
   elseif op == 'delay' then
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), ARGV[i + 1]); i = i + 3
   elseif op == 'dead' then
     redis.call('LPUSH', KEYS[3], ARGV[i + 1]); i = i + 2
