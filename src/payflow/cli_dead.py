@@ -135,9 +135,9 @@ def _one_line(exc: BaseException) -> str:
 
 async def _session(url: str, queues: Sequence[str], action: Action,
                    args: argparse.Namespace) -> int:
-    from redis.asyncio import Redis
+    from payflow.redis_client import connect
 
-    client = Redis.from_url(url, socket_connect_timeout=5)
+    client = connect(url, single_connection=False, socket_timeout=None, connect_timeout=5)
     try:
         return await action(client, queues, args)
     finally:
