@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark `payflow serve` end to end on a real Redis (started here on a free port).
 
-Two runs, each against a fresh daemon (JSON logs to a file, default config otherwise):
+Two runs per store, each against a fresh daemon (JSON logs to a file, the log sink on, default
+config otherwise):
 
 - burst: N legacy jobs pushed onto payflow_jobs at once; time until every payment is processed
   and every webhook delivered to the log sink (the metrics say so), i.e. jobs/s through both
@@ -10,7 +11,9 @@ Two runs, each against a fresh daemon (JSON logs to a file, default config other
   percentiles of the API, then the time until all are processed.
 
 Usage: .venv/bin/python scripts/bench.py [--jobs 20000] [--posts 5000] [--concurrency 32]
-Only 127.0.0.1 is used. Needs redis-server on PATH.
+                                         [--store memory://] [--store postgresql://…]
+Each --store is measured in the same run (default: memory:// only); a PostgreSQL store gets a
+schema of its own, dropped afterwards. Only 127.0.0.1 is used. Needs redis-server on PATH.
 """
 
 from __future__ import annotations
@@ -46,12 +49,16 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
+STORE = "memory://"  # the store of the daemons started; main() sets it per run
+
+
 class Daemon:
     def __init__(self, redis_url: str, workdir: Path) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAYFLOW_")}
         env.update(PAYFLOW_REDIS_URL=redis_url, PAYFLOW_HTTP_PORT=str(self.port),
-                   PAYFLOW_LOG_FORMAT="json")
+                   PAYFLOW_LOG_FORMAT="json", PAYFLOW_STORE_URL=STORE,
+                   PAYFLOW_WEBHOOKS_LOG_SINK="true")
         self.log = (workdir / f"payflow-{self.port}.log").open("wb")
         self.proc = subprocess.Popen([PAYFLOW, "serve"], cwd=workdir, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -138,11 +145,25 @@ async def intake(redis_url: str, workdir: Path, posts: int, concurrency: int) ->
             f"processed and delivered after {done:.2f} s")
 
 
+async def pg_schema(url: str, create: bool, schema: str) -> None:
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}" if create
+                           else f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
 def main() -> None:
+    global STORE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--posts", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--store", action="append", default=[],
+                        help="a store URL to measure (repeatable; default memory://)")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is needed (apt-get install redis-server)")
@@ -155,9 +176,26 @@ def main() -> None:
         try:
             time.sleep(0.3)
             print(f"payflow serve on redis-server {url}, {os.cpu_count()} cores, JSON logs")
-            print(asyncio.run(burst(url, Path(tmp), args.jobs)))
-            redis.Redis.from_url(url).flushall()
-            print(asyncio.run(intake(url, Path(tmp), args.posts, args.concurrency)))
+            for store in args.store or ["memory://"]:
+                schema = f"payflow_bench_{os.getpid()}"
+                is_pg = store.startswith("postgres")
+                STORE = store
+                if is_pg:
+                    asyncio.run(pg_schema(store, True, schema))
+                    sep = "&" if "?" in store else "?"
+                    STORE = f"{store}{sep}search_path={schema}"
+                try:
+                    print(f"store {store}")
+                    print(asyncio.run(burst(url, Path(tmp), args.jobs)))
+                    redis.Redis.from_url(url).flushall()
+                    if is_pg:  # a fresh schema for the intake run
+                        asyncio.run(pg_schema(store, False, schema))
+                        asyncio.run(pg_schema(store, True, schema))
+                    print(asyncio.run(intake(url, Path(tmp), args.posts, args.concurrency)))
+                    redis.Redis.from_url(url).flushall()
+                finally:
+                    if is_pg:
+                        asyncio.run(pg_schema(store, False, schema))
         finally:
             server.terminate()
             server.wait()

@@ -164,3 +164,22 @@ async def serve_app() -> AsyncIterator[ServeApp]:
     yield serve
     for client in clients:
         await client.close()
+
+
+# --- PostgreSQL: a schema of the test's own (tests/pg.py) -----------------------------------
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A postgresql:// URL whose ``search_path`` is a fresh schema, dropped (CASCADE) after the
+    test. Skips, or fails with PAYFLOW_REQUIRE_SERVICES=1, when PostgreSQL is unreachable."""
+    import pg
+
+    server = pg.server_url()
+    schema = pg.create_schema(server)
+    need("postgresql", schema is not None)
+    assert schema is not None
+    try:
+        yield pg.with_params(server, search_path=schema)
+    finally:
+        pg.drop_schema(server, schema)

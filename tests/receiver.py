@@ -4,6 +4,7 @@ event id and can fail on purpose."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -12,11 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from conftest import free_port
+from payflow.webhooks.signing import WebhookVerificationError, verify
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, secret: str = "") -> None:
         self.port = free_port()
+        self.secret = secret  # set: every delivery's signature is verified (else 400, forged)
+        self.forged = 0
         self.counts: Counter[str] = Counter()  # event id -> deliveries
         self.events: dict[str, dict[str, Any]] = {}
         self.fail_first = 0  # answer 500 to this many requests first
@@ -29,7 +33,14 @@ class Receiver:
 
     async def _hook(self, request: web.Request) -> web.Response:
         self.requests += 1
-        body = await request.json()
+        raw = await request.read()
+        if self.secret:
+            try:
+                verify(raw, request.headers, self.secret)
+            except WebhookVerificationError:
+                self.forged += 1
+                return web.Response(status=400)
+        body = json.loads(raw)
         if self.requests <= self.fail_first:
             return web.Response(status=500)
         self.counts[body["id"]] += 1

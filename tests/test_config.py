@@ -27,6 +27,8 @@ from payflow.config import (
 )
 from payflow.errors import ConfigError, PayFlowError
 
+HTTP_KEYS = "header_timeout_seconds, body_timeout_seconds, keepalive_seconds, max_connections"
+
 SHIPPED = Path(__file__).resolve().parent.parent / "payflow.toml"
 
 
@@ -202,20 +204,22 @@ def test_section_not_a_table(tmp_path: Path) -> None:
 
 def test_unknown_key_in_file(tmp_path: Path) -> None:
     assert error_of(tmp_path, "[http]\nprot = 1\n") == (
-        "[http] prot: unknown key, expected one of host, port, max_body_bytes "
-        f"(from {tmp_path / 'payflow.toml'})")
+        "[http] prot: unknown key, expected one of host, port, max_body_bytes, "
+        f"{HTTP_KEYS} (from {tmp_path / 'payflow.toml'})")
 
 
 def test_unknown_key_in_known_section_env() -> None:
     assert error_of(Path(), env={"PAYFLOW_HTTP_X": "1"}) == (
-        "[http] x: unknown key, expected one of host, port, max_body_bytes (from PAYFLOW_HTTP_X)")
+        f"[http] x: unknown key, expected one of host, port, max_body_bytes, {HTTP_KEYS} "
+        "(from PAYFLOW_HTTP_X)")
 
 
 def test_unknown_override_section_and_key() -> None:
     assert error_of(Path(), overrides={"htp": {"port": 1}}).startswith(
         "[htp]: unknown section, expected one of redis, ")
     assert error_of(Path(), overrides={"http": {"prot": 1}}) == (
-        "[http] prot: unknown key, expected one of host, port, max_body_bytes (from command line)")
+        f"[http] prot: unknown key, expected one of host, port, max_body_bytes, {HTTP_KEYS} "
+        "(from command line)")
 
 
 def test_wrong_type_in_file_names_file_label(tmp_path: Path) -> None:
@@ -495,21 +499,25 @@ def test_config_summary_masks_secrets() -> None:
             EndpointConfig(url="https://b.example"),
         )),
         store=dataclasses.replace(Config().store,
-                                  url="postgresql://pf:s3cret@db/pf?sslmode=require&password=x"),
+                                  url="postgresql://pf:s3cret@db/pf?sslmode=require&password=x",
+                                  secret_key="sealing-passphrase-42"),
     )
     summary = config_summary(config)
     text = json.dumps(summary)
-    for secret in ("hunter2", "whsec_topsecret", "s3cret", "password=x"):
+    for secret in ("hunter2", "whsec_topsecret", "s3cret", "password=x", "sealing-passphrase"):
         assert secret not in text
     assert summary["redis"] == {"url": "redis://user:***@cache:6379/0", "embedded_port": 6379}
-    assert summary["store"] == {"url": "postgresql://pf:***@db/pf?sslmode=require&password=***"}
+    assert summary["store"] == {"url": "postgresql://pf:***@db/pf?sslmode=require&password=***",
+                                "secret_key": "***", "memory_max_payments": 100_000}
     webhooks = summary["webhooks"]
     assert isinstance(webhooks, dict)
     assert webhooks["endpoints"] == [
         {"url": "https://a.example", "secret": "***", "enabled_events": ["*"], "description": ""},
         {"url": "https://b.example", "secret": None, "enabled_events": ["*"], "description": ""},
     ]
-    assert summary["http"] == {"host": "127.0.0.1", "port": 8080, "max_body_bytes": 65536}
+    assert summary["http"] == {"host": "127.0.0.1", "port": 8080, "max_body_bytes": 65536,
+                               "header_timeout_seconds": 10.0, "body_timeout_seconds": 30.0,
+                               "keepalive_seconds": 75.0, "max_connections": 1000}
     assert set(summary) == {f.name for f in dataclasses.fields(Config)}
 
 

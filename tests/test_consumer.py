@@ -174,3 +174,39 @@ async def test_a_slow_job_does_not_hold_back_fetching_in_streaming_mode(
     async with asyncio.timeout(5):
         await task
     assert handled[-1] == b"slow" and await fake_redis.llen(client.processing) == 0
+
+
+async def test_the_after_hooks_of_a_batch_run_side_by_side(fake_redis: Redis) -> None:
+    """So that a store coalesces them (one round trip); one that fails is logged, the others
+    still run."""
+    running = 0
+    most = 0
+    finished: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handler(raw: bytes) -> Outcome:
+        async def after() -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.05)
+            running -= 1
+            if raw == b"bad":
+                raise RuntimeError("store down")
+            finished.append(raw)
+            if len(finished) == 3:
+                done.set()
+
+        return Outcome(after=after)
+
+    await fake_redis.lpush(Q, b"a", b"bad", b"b", b"c")
+    client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
+    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1)
+    with capture_logs() as logs:
+        await run_until(consumer, done)
+    assert sorted(finished) == [b"a", b"b", b"c"]
+    assert most == 4  # all four at once
+    (failed,) = [e for e in logs if e["event"] == "queue.after_failed"]
+    assert "store down" in failed["error"]
+    assert await fake_redis.llen(client.processing) == 0

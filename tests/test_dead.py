@@ -173,8 +173,8 @@ async def test_list_is_newest_first_and_limited(r: Redis) -> None:
 
 
 def test_replay_payload_resets_the_attempt_of_envelopes_only() -> None:
-    webhook = WebhookJob(event_type="payment.success", payment_id="pay_1", endpoint="ep_2",
-                         attempt=7, jid="job_abc").encode()
+    webhook = WebhookJob(event_id="evt_1", event_type="payment.success", subject_id="pay_1",
+                         endpoint="ep_2", attempt=7, jid="job_abc").encode()
     body = json.loads(replay_payload(webhook))
     assert body == {**json.loads(webhook), "attempt": 0}
     assert body["jid"] == "job_abc" and body["endpoint"] == "ep_2"
@@ -188,8 +188,8 @@ def test_replay_payload_resets_the_attempt_of_envelopes_only() -> None:
 async def test_replay_by_id(r: Redis) -> None:
     text = await push_dead(r, Q, b"process_payment:pay_1:upi")
     binary = await push_dead(r, Q, BINARY_JOB)
-    envelope_job = WebhookJob(event_type="payment.success", payment_id="pay_2",
-                              endpoint="ep_1", attempt=8, jid="job_w").encode()
+    envelope_job = WebhookJob(event_id="evt_2", event_type="payment.success",
+                              subject_id="pay_2", endpoint="ep_1", attempt=8, jid="job_w").encode()
     envelope = await push_dead(r, Q, envelope_job)
     await r.lpush(Q, b"waiting")
 
@@ -310,8 +310,8 @@ def test_cli_list_json(tmp_path: Path, redis_server: RedisServer, server: redis.
 
 def test_cli_replay_one_then_all(tmp_path: Path, redis_server: RedisServer,
                                  server: redis.Redis) -> None:
-    envelope = WebhookJob(event_type="payment.failed", payment_id="pay_3", endpoint="ep_1",
-                          attempt=8, jid="job_9").encode()
+    envelope = WebhookJob(event_id="evt_3", event_type="payment.failed", subject_id="pay_3",
+                          endpoint="ep_1", attempt=8, jid="job_9").encode()
     one = sync_dead_entry(server, W, envelope, "gave up after 8 attempts")
     sync_dead_entry(server, Q, b"process_payment:pay_1:upi", "a")
     sync_dead_entry(server, Q, BINARY_JOB, "b")

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -68,14 +69,44 @@ def test_seed_walkthrough_on_the_shipped_config(make_daemon: Callable[..., Daemo
 
 def test_seed_lines_in_json_on_a_real_redis(make_daemon: Callable[..., Daemon],
                                             redis_server: RedisServer) -> None:
-    d = make_daemon(redis_server.url, args=["--log-format", "json"])
+    # With a real Redis the log sink is off unless configured.
+    d = make_daemon(redis_server.url, args=["--log-format", "json"],
+                    PAYFLOW_WEBHOOKS_LOG_SINK="true")
     lpush(redis_server.port, "payflow_jobs", SEED_JOB)
-    lpush(redis_server.port, "webhook_jobs", "webhook:payment.failed:pay_legacy_7")
     d.wait_for("Webhook delivered: webhook:payment.success:pay_test_1001")
-    d.wait_for("Webhook delivered: webhook:payment.failed:pay_legacy_7")
     events = [line["event"] for line in d.json_lines()]
     assert [e for e in events if e in SEED_LINES] == SEED_LINES
     assert "it keeps nothing" not in d.output()
+    # A legacy webhook job is delivered when the store backs it (the event it names is true)...
+    lpush(redis_server.port, "webhook_jobs", "webhook:payment.success:pay_test_1001")
+    d.wait_for("Webhook delivered: webhook:payment.success:pay_test_1001", count=2)
+    # ...and dead-lettered when it does not (no such payment in that state)
+    lpush(redis_server.port, "webhook_jobs", "webhook:payment.failed:pay_legacy_7")
+    d.wait_for("Job rejected: dead-lettered")
+    assert "Webhook delivered: webhook:payment.failed:pay_legacy_7" not in d.output()
+    r = redis.Redis(port=redis_server.port)
+    (entry,) = [json.loads(e) for e in r.lrange("{webhook_jobs}:dead", 0, -1)]
+    r.close()
+    assert entry["job"] == "webhook:payment.failed:pay_legacy_7"
+    assert "the store does not have it in that state" in entry["reason"]
+    assert d.stop() == 0
+
+
+def test_without_the_log_sink_an_event_nobody_subscribes_to_stays_recorded(
+        make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
+    d = make_daemon(redis_server.url)  # a real Redis: the log sink is off by default
+    lpush(redis_server.port, "payflow_jobs", SEED_JOB)
+    d.wait_for("webhook.no_subscribers")
+    assert "Webhook delivered" not in d.output()
+    event_id = event_id_for("pay_test_1001", "payment.success")
+    with urllib.request.urlopen(f"{d.base_url}/v1/events/{event_id}", timeout=10) as resp:
+        assert json.load(resp)["data"]["id"] == "pay_test_1001"  # an endpoint may recover it
+    with urllib.request.urlopen(f"{d.base_url}/v1/events/{event_id}/attempts",
+                                timeout=10) as resp:
+        assert json.load(resp)["data"] == []  # never tried
+    r = redis.Redis(port=redis_server.port)
+    assert r.llen("{webhook_jobs}:dead") == 0
+    r.close()
     assert d.stop() == 0
 
 
@@ -157,7 +188,7 @@ async def test_failing_receiver_is_retried_with_delay_then_dead(
         assert ids == {event_id_for("pay_flaky_1", "payment.success")}  # stable across retries
         entry = json.loads(r.lindex("{webhook_jobs}:dead", 0) or b"{}")
         assert "gave up after 3 attempts" in entry["reason"] and "HTTP 500" in entry["reason"]
-        assert json.loads(entry["job"])["event"]["id"] in ids
+        assert json.loads(entry["job"])["event_id"] in ids  # the job names the event
         assert d.output().count("Webhook delivery failed: webhook:payment.success:pay_flaky_1") == 2
         r.close()
         assert d.stop() == 0
@@ -167,24 +198,35 @@ async def test_failing_receiver_is_retried_with_delay_then_dead(
 
 def test_bad_jobs_go_to_dead_and_the_daemon_keeps_running(
         make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
-    d = make_daemon(redis_server.url)
+    d = make_daemon(redis_server.url, PAYFLOW_WEBHOOKS_LOG_SINK="true")
     bad: list[bytes] = [b"garbage", b"", b"\xff\xfe\x00\x01", b"x" * 2_000_000, b"y" * 1_000_000,
                         b'{"v":1,"kind":"chargeback"}', b"process_payment:pay_1:bitcoin"]
+    # Jobs that parse but name what the store does not have (each on its own kind's queue).
+    unknown: dict[str, list[bytes]] = {
+        "payflow_jobs": [b'{"v":1,"kind":"payment","payment_id":"pay_nope"}',
+                         b'{"v":1,"kind":"refund","refund_id":"re_nope","payment_id":"pay_x"}'],
+        "webhook_jobs": [b'{"v":1,"kind":"webhook","event_id":"evt_nope"}',
+                         b"webhook:payment.success:pay_nope"],
+    }
     for queue in ("payflow_jobs", "webhook_jobs"):
-        lpush(redis_server.port, queue, *bad)
+        lpush(redis_server.port, queue, *bad, *unknown[queue])
     lpush(redis_server.port, "payflow_jobs", SEED_JOB)
     d.wait_for("Webhook delivered: webhook:payment.success:pay_test_1001")
-    d.wait_for("Job rejected: dead-lettered", count=2 * len(bad))
+    total = 2 * len(bad) + sum(map(len, unknown.values()))
+    d.wait_for("Job rejected: dead-lettered", count=total)
     r = redis.Redis(port=redis_server.port)
+    expected = {"payflow_jobs": ("unknown payment 'pay_nope'", "unknown refund 're_nope'"),
+                "webhook_jobs": ("unknown event 'evt_nope'",
+                                 "the store does not have it in that state")}
     for queue in ("payflow_jobs", "webhook_jobs"):
         entries = [json.loads(e) for e in r.lrange(f"{{{queue}}}:dead", 0, -1)]
-        assert len(entries) == len(bad)
+        assert len(entries) == len(bad) + len(unknown[queue])
         assert all(e["reason"] and e["queue"] == queue and e["failed_at"] for e in entries)
         reasons = " | ".join(e["reason"] for e in entries)
         for part in ("empty job", "not UTF-8", "exceeds the limit", "unknown job kind",
-                     "unrecognised job", "unknown payment method 'bitcoin'"):
+                     "unrecognised job", "unknown payment method 'bitcoin'", *expected[queue]):
             assert part in reasons
-    assert d.output().count("Job rejected: dead-lettered") == 2 * len(bad)  # one line each
+    assert d.output().count("Job rejected: dead-lettered") == total  # one line each
     r.close()
     assert d.stop() == 0
 
@@ -216,11 +258,12 @@ def test_sigterm_finishes_or_requeues_every_job(make_daemon: Callable[..., Daemo
 def test_restart_after_sigterm_processes_what_was_requeued(
         make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
     d = make_daemon(redis_server.url, PAYFLOW_PROCESSOR_LATENCY_MS="2000",
-                    PAYFLOW_SHUTDOWN_GRACE_SECONDS="0.2", PAYFLOW_WORKERS_PAYMENTS="1")
+                    PAYFLOW_SHUTDOWN_GRACE_SECONDS="0.2", PAYFLOW_WORKERS_PAYMENTS="1",
+                    PAYFLOW_WEBHOOKS_LOG_SINK="true")
     lpush(redis_server.port, "payflow_jobs", SEED_JOB)
     d.wait_for("Processing payment: pay_test_1001")
     assert d.stop() == 0
-    again = make_daemon(redis_server.url)
+    again = make_daemon(redis_server.url, PAYFLOW_WEBHOOKS_LOG_SINK="true")
     again.wait_for("Webhook delivered: webhook:payment.success:pay_test_1001")
     assert seed_lines_in_order(again.messages()) == SEED_LINES
     assert again.stop() == 0

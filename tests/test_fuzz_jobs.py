@@ -35,6 +35,8 @@ _envelopes = st.fixed_dictionaries(
         "type": st.sampled_from(["payment.success", "payment.failed", "payment.nope"]),
         "attempt": st.integers(-2, 3),
         "endpoint": st.sampled_from(["log", "ep_unknown"]),
+        "event_id": st.sampled_from(["evt_unknown", "a b"]) | st.integers(),
+        "refund_id": st.sampled_from(["re_unknown"]),
         "event": st.none() | st.dictionaries(st.sampled_from(["id", "type", "data"]),
                                              st.text(max_size=5)),
     }).map(lambda d: json.dumps(d).encode())
@@ -96,7 +98,8 @@ def test_any_input_ends_processed_or_dead(fuzz_daemon: tuple[Daemon, redis.Redis
             unparseable.append(raw)
     # Every input that cannot even be parsed is dead-lettered, with its bytes kept; a dead
     # entry is always one of the inputs (a parseable job may still die, e.g. an unknown
-    # endpoint or a payment with neither snapshot nor method).
+    # endpoint, a payment the store does not know named without a method, an unknown refund,
+    # or a webhook job naming an event the store does not have).
     assert sorted(unparseable) == sorted(j for j in new_dead if j in unparseable)
     inputs = [raw for _, raw in batch]
     assert all(j in inputs for j in new_dead)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,11 +58,11 @@ class Store(MemoryStore):
         self.created: list[str] = []
         self.fail = False
 
-    async def create_payment(self, payment: Payment) -> Payment:
+    async def create_payments(self, payments: Sequence[Payment]) -> list[Payment]:
         if self.fail:
             raise RuntimeError("store exploded")
-        self.created.append(payment.id)
-        return await super().create_payment(payment)
+        self.created += [p.id for p in payments]
+        return await super().create_payments(payments)
 
 
 @web.middleware

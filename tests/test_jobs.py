@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+from unittest.mock import ANY
 
 import pytest
 
 from payflow.errors import InvalidJob
 from payflow.jobs import PaymentJob, RefundJob, WebhookJob, describe, parse_job
+from payflow.models import Event, Payment, PaymentStatus
 
 
 def test_legacy_payment_job() -> None:
@@ -16,19 +18,54 @@ def test_legacy_payment_job() -> None:
 
 def test_legacy_webhook_job() -> None:
     job = parse_job(b"webhook:payment.success:pay_test_1001")
-    assert job == WebhookJob(event_type="payment.success", payment_id="pay_test_1001")
+    assert job == WebhookJob(event_type="payment.success", subject_id="pay_test_1001")
     assert job.legacy_text == "webhook:payment.success:pay_test_1001"
 
 
 def test_envelopes_round_trip() -> None:
-    pjob = PaymentJob(payment_id="pay_1", method="card", payment={"id": "pay_1",
-                                                                  "method": "card"},
-                      attempt=2, jid="job_x")
+    pjob = PaymentJob(payment_id="pay_1", method="card", attempt=2, jid="job_x")
     assert parse_job(pjob.encode()) == pjob
-    event = {"id": "evt_1", "type": "payment.failed", "timestamp": "t", "data": {"id": "pay_1"}}
-    wjob = WebhookJob(event_type="payment.failed", payment_id="pay_1", event=event,
-                      endpoint="ep_1", attempt=3, jid="job_y")
+    assert parse_job(PaymentJob(payment_id="pay_1").encode()) == PaymentJob(payment_id="pay_1",
+                                                                            jid=ANY)
+    wjob = WebhookJob(event_id="evt_1", endpoint="ep_1", attempt=3, jid="job_y")
     assert parse_job(wjob.encode()) == wjob
+    # the legacy form inside an envelope: the type and the payment (or refund) instead of an id
+    legacy = WebhookJob(event_type="payment.failed", subject_id="pay_1", endpoint="ep_1",
+                        attempt=3, jid="job_z")
+    assert parse_job(legacy.encode()) == legacy
+
+
+def test_a_webhook_job_names_its_event_and_carries_nothing_else() -> None:
+    event = Event.for_payment(Payment(id="pay_1", method="upi", amount=100, currency="INR",
+                                      status=PaymentStatus.SUCCEEDED))
+    raw = WebhookJob.for_event(event, endpoint="ep_1", attempt=2, jid="job_w").encode()
+    body = json.loads(raw)
+    assert body == {"v": 1, "kind": "webhook", "jid": "job_w", "attempt": 2,
+                    "event_id": event.id, "type": "payment.success", "payment_id": "pay_1",
+                    "endpoint": "ep_1"}
+    assert "data" not in raw.decode() and "amount" not in raw.decode()  # no snapshot
+    # The id is what counts: the event itself is read from the store by whoever handles the
+    # job; the type and payment id only label its log lines.
+    assert parse_job(raw) == WebhookJob(event_id=event.id, event_type="payment.success",
+                                        subject_id="pay_1", endpoint="ep_1", attempt=2,
+                                        jid="job_w")
+
+
+def test_snapshots_of_earlier_envelopes_are_ignored() -> None:
+    old_webhook = json.dumps({"v": 1, "kind": "webhook", "attempt": 1, "jid": "job_1",
+                              "type": "payment.success", "payment_id": "pay_1",
+                              "event": {"id": "evt_old", "type": "payment.success",
+                                        "timestamp": "t", "data": {"id": "pay_1",
+                                                                   "amount": 10**9}}})
+    assert parse_job(old_webhook.encode()) == WebhookJob(
+        event_id="evt_old", event_type="payment.success", subject_id="pay_1", attempt=1,
+        jid="job_1")
+    old_payment = (b'{"v":1,"kind":"payment","payment_id":"p","jid":"job_2",'
+                   b'"payment":{"id":"q","amount":5}}')
+    assert parse_job(old_payment) == PaymentJob(payment_id="p", jid="job_2")
+    old_refund = (b'{"v":1,"kind":"refund","refund_id":"re_1","payment_id":"p","jid":"job_3",'
+                  b'"refund":[]}')
+    assert parse_job(old_refund) == RefundJob(refund_id="re_1", payment_id="p", jid="job_3")
 
 
 def test_encode_assigns_a_job_id() -> None:
@@ -54,9 +91,14 @@ def test_encode_assigns_a_job_id() -> None:
         (b'{"v":1,"kind":"chargeback"}', "unknown job kind 'chargeback'"),
         (b'{"v":1,"kind":"payment","payment_id":"a b"}', "invalid payment_id"),
         (b'{"v":1,"kind":"payment","payment_id":"p","attempt":-1}', "invalid attempt"),
-        (b'{"v":1,"kind":"webhook","event":{"id":"e","timestamp":"t","type":"payment.success",'
-         b'"data":[]}}', "'data' must be an object"),
-        (b'{"v":1,"kind":"payment","payment_id":"p","payment":{"id":"q"}}', "snapshot"),
+        (b'{"v":1,"kind":"webhook","event_id":"a b"}', "invalid event_id"),
+        (b'{"v":1,"kind":"webhook","event":{"id":7}}', "invalid event_id 7"),
+        (b'{"v":1,"kind":"webhook"}', "unknown event type None"),
+        (b'{"v":1,"kind":"webhook","type":"payment.success"}', "invalid payment_id None"),
+        (b'{"v":1,"kind":"webhook","event_id":"e","endpoint":"a/b"}', "invalid endpoint"),
+        (b'{"v":1,"kind":"payment","payment_id":"p","method":"cash"}',
+         "unknown payment method 'cash'"),
+        (b'{"v":1,"kind":"refund","refund_id":"re_1"}', "invalid payment_id None"),
     ],
 )
 def test_invalid_jobs_say_why(raw: bytes, reason: str) -> None:
@@ -72,9 +114,7 @@ def test_describe_bounds_and_escapes() -> None:
 
 
 def test_refund_envelope_round_trips() -> None:
-    job = RefundJob(refund_id="re_1", payment_id="pay_1",
-                    refund={"id": "re_1", "payment_id": "pay_1", "amount": 5}, attempt=1,
-                    jid="job_r")
+    job = RefundJob(refund_id="re_1", payment_id="pay_1", attempt=1, jid="job_r")
     assert parse_job(job.encode()) == job
-    with pytest.raises(InvalidJob, match="snapshot"):
-        parse_job(b'{"v":1,"kind":"refund","refund_id":"re_1","payment_id":"p","refund":[]}')
+    assert json.loads(job.encode()) == {"v": 1, "kind": "refund", "jid": "job_r", "attempt": 1,
+                                        "refund_id": "re_1", "payment_id": "pay_1"}

@@ -51,6 +51,7 @@ from payflow.models import (
     RefundStatus,
     WebhookEndpoint,
 )
+from payflow.store.base import RefundCompletion
 from payflow.store.memory import MemoryStore
 from payflow.web import WebContext, create_app
 from payflow.web.app import MAX_REQUEST_ID_LENGTH
@@ -152,24 +153,26 @@ class Live:
 async def seed(store: MemoryStore) -> None:
     """A pending and a partially refunded card payment, a refund, their events, an endpoint
     with attempts and a disabled one."""
-    await store.create_payment(Payment(id=PENDING, method="upi", amount=1000, currency="INR",
-                                       method_details={"vpa": "asha@okbank"},
-                                       metadata={"order": "A-1"}))
+    await store.create_payments([Payment(id=PENDING, method="upi", amount=1000, currency="INR",
+                                         method_details={"vpa": "asha@okbank"},
+                                         metadata={"order": "A-1"})])
     card = {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040,
             "fingerprint": "fp_0123"}
     paid = Payment(id=SUCCEEDED, method="card", amount=5000, currency="USD",
                    method_details=card, status=PaymentStatus.SUCCEEDED, sequence=2)
-    await store.create_payment(paid)
+    await store.create_payments([paid])
     refund = Refund(id=REFUND, payment_id=SUCCEEDED, amount=1000, currency="USD")
     assert await store.reserve_refund(refund) is None
-    done = await store.complete_refund(REFUND, RefundStatus.SUCCEEDED)
+    [done] = await store.complete_refunds([RefundCompletion(refund_id=REFUND,
+                                                            new=RefundStatus.SUCCEEDED)])
     assert done is not None
     payment_event = Event.for_payment(paid)
-    await store.add_event(Event(id=PAYMENT_EVENT, type=payment_event.type,
-                                timestamp=payment_event.timestamp, data=payment_event.data))
-    refund_event = Event.for_refund(done)
-    await store.add_event(Event(id=REFUND_EVENT, type=refund_event.type,
-                                timestamp=refund_event.timestamp, data=refund_event.data))
+    refund_event = done.event  # recorded with the refund's completion
+    await store.add_events([
+        Event(id=PAYMENT_EVENT, type=payment_event.type, timestamp=payment_event.timestamp,
+              data=payment_event.data),
+        Event(id=REFUND_EVENT, type=refund_event.type, timestamp=refund_event.timestamp,
+              data=refund_event.data)])
     await store.put_endpoint(WebhookEndpoint(id=ENDPOINT, url="https://example.com/hooks",
                                              secrets=(EndpointSecret(secret="whsec_x"),)))
     await store.put_endpoint(WebhookEndpoint(id=FUZZ_ENDPOINT, url="https://example.com/f"))
@@ -177,11 +180,11 @@ async def seed(store: MemoryStore) -> None:
                                              disabled=True, disabled_reason="gone",
                                              failing_since="2026-01-01T00:00:00.000Z"))
     for number, outcome in enumerate(("retrying", "dead"), start=1):
-        await store.add_attempt(DeliveryAttempt(
+        await store.add_attempts([DeliveryAttempt(
             id=f"att_{number:016d}", event_id=PAYMENT_EVENT, endpoint_id=ENDPOINT,
             attempt=number, outcome=outcome, status=503, error="HTTP 503", latency_ms=12.34,
             response_body="busy",
-            next_retry_at="2030-01-01T00:00:00.000Z" if outcome == "retrying" else None))
+            next_retry_at="2030-01-01T00:00:00.000Z" if outcome == "retrying" else None)])
 
 
 @pytest.fixture(scope="module")

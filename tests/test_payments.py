@@ -10,10 +10,12 @@ from structlog.testing import capture_logs
 
 from payflow.errors import InvalidJob, RetryLater
 from payflow.handlers import PaymentHandler
-from payflow.jobs import PaymentJob, parse_job
-from payflow.models import Event, Payment, PaymentStatus, Refund, event_id_for
+from payflow.jobs import PaymentJob, RefundJob, WebhookJob, parse_job
+from payflow.models import Payment, PaymentStatus, Refund, event_id_for
 from payflow.payments import PaymentService
 from payflow.processor import ChargeResult, SimulatedProcessor, card_fingerprint
+from payflow.store.base import Transition
+from payflow.store.front import StoreFront
 from payflow.store.memory import MemoryStore
 
 
@@ -34,7 +36,7 @@ class CountingProcessor:
 
 
 def service(processor: Any = None, store: MemoryStore | None = None) -> PaymentService:
-    return PaymentService(store or MemoryStore(), processor or CountingProcessor(),
+    return PaymentService(StoreFront(store or MemoryStore()), processor or CountingProcessor(),
                           max_attempts=3)
 
 
@@ -48,61 +50,130 @@ async def test_legacy_job_creates_the_unknown_payment_and_succeeds() -> None:
     assert stored is not None and stored.status is PaymentStatus.SUCCEEDED
     assert stored.sequence == 2  # pending -> processing -> succeeded
     assert event.data["status"] == "succeeded"
+    # the event is recorded with the state change (the outbox), not yet marked enqueued
+    assert await svc.store.get_event(event.id) == event
+    assert await svc.store.store.unqueued_events("9999-12-31T00:00:00.000Z", 10) == [event]
 
 
 async def test_a_job_delivered_twice_changes_state_once_and_emits_one_event() -> None:
     proc = CountingProcessor()
-    svc = service(proc)
+    store = MemoryStore()
+    svc = service(proc, store)
     job = PaymentJob(payment_id="pay_1", method="upi")
     first = await svc.process(job)
     assert first is not None
-    await svc.store.add_event(first)  # the consumer records it once queued
-    assert await svc.process(job) is None
+    assert await svc.process(job) == first  # queued again: the very same event
     assert proc.calls == ["pay_1"]  # charged once, with the payment id as idempotency key
     stored = await svc.store.get_payment("pay_1")
     assert stored is not None and stored.sequence == 2
+    assert [e.id for e in await store.list_events(limit=10)] == [first.id]  # one event
 
 
 async def test_terminal_payment_whose_event_was_never_queued_requeues_the_same_event() -> None:
     store = MemoryStore()
     svc = service(store=store)
     job = PaymentJob(payment_id="pay_1", method="upi")
-    first = await svc.process(job)  # crash before the push: the event was never recorded
+    first = await svc.process(job)  # crash before the push: the event was never queued
     again = await svc.process(job)
     assert first is not None and again is not None
     assert again.id == first.id and again.timestamp == first.timestamp
+    # recorded with the state change, so the outbox sweeper would queue it too
+    assert await store.unqueued_events("9999-12-31T00:00:00.000Z", 10) == [first]
+
+
+async def test_terminal_payment_whose_event_was_lost_records_it_once() -> None:
+    store = MemoryStore()
+    await store.create_payments([Payment(id="pay_1", method="upi",
+                                         status=PaymentStatus.SUCCEEDED)])
+    svc = service(store=store)
+    job = PaymentJob(payment_id="pay_1", method="upi")
+    first = await svc.process(job)  # no event recorded for it (e.g. pruned): recorded now
+    assert first is not None and first.id == event_id_for("pay_1", "payment.success")
+    assert await store.get_events([first.id]) == {first.id: first}
+    assert await svc.process(job) == first  # the recorded one, not a new one
+    assert len(await store.list_events(limit=10)) == 1
 
 
 async def test_processing_left_by_a_crash_is_finished() -> None:
     store = MemoryStore()
-    await store.create_payment(Payment(id="pay_1", method="upi",
-                                       status=PaymentStatus.PROCESSING))
+    await store.create_payments([Payment(id="pay_1", method="upi",
+                                         status=PaymentStatus.PROCESSING)])
     event = await service(store=store).process(PaymentJob(payment_id="pay_1"))
     assert event is not None and event.type == "payment.success"
 
 
-async def test_canceled_payment_is_not_processed_but_its_event_is_queued() -> None:
+async def test_canceled_payment_is_not_processed_and_its_job_queues_the_recorded_event(
+        ) -> None:
     store = MemoryStore()
-    await store.create_payment(Payment(id="pay_1", method="upi", status=PaymentStatus.CANCELED))
+    await store.create_payments([Payment(id="pay_1", method="upi", status=PaymentStatus.PENDING)])
+    [changed] = await store.transition([Transition(
+        payment_id="pay_1", expected=(PaymentStatus.PENDING,), new=PaymentStatus.CANCELED,
+        emit=True)])  # the API's cancel records payment.canceled at once
+    assert changed is not None and changed.event is not None
+    assert changed.event.type == "payment.canceled"
+    proc = CountingProcessor()
+    svc = service(proc, store)
+    assert await svc.process(PaymentJob(payment_id="pay_1")) == changed.event
+    assert proc.calls == []
+    assert len(await store.list_events(limit=10)) == 1
+
+
+async def test_canceled_payment_without_its_event_gets_it_recorded_once() -> None:
+    store = MemoryStore()
+    await store.create_payments([Payment(id="pay_1", method="upi",
+                                         status=PaymentStatus.CANCELED)])
     proc = CountingProcessor()
     svc = service(proc, store)
     event = await svc.process(PaymentJob(payment_id="pay_1"))
     assert proc.calls == []
     assert event is not None and event.type == "payment.canceled"
-    await store.add_event(event)
-    assert await svc.process(PaymentJob(payment_id="pay_1")) is None  # once only
-
-
-async def test_snapshot_restores_a_payment_the_store_lost() -> None:
-    snap = Payment(id="pay_9", method="card", amount=500, currency="INR").to_dict()
-    svc = service()
-    event = await svc.process(PaymentJob(payment_id="pay_9", payment=snap))
-    assert event is not None and event.data["amount"] == 500
+    assert await svc.process(PaymentJob(payment_id="pay_1")) == event  # the same one
+    assert await store.list_events(limit=10) == [event]
 
 
 async def test_unknown_payment_without_method_is_invalid() -> None:
-    with pytest.raises(InvalidJob, match="unknown payment"):
-        await service().process(PaymentJob(payment_id="pay_nope"))
+    svc = service()
+    with pytest.raises(InvalidJob, match="unknown payment 'pay_nope'"):
+        await svc.process(PaymentJob(payment_id="pay_nope"))
+    assert await svc.store.get_payment("pay_nope") is None  # nothing created
+
+
+async def test_a_payment_envelope_for_an_unknown_payment_is_dead_lettered() -> None:
+    # A payment the store does not have (its store was lost, or the job was pushed by hand)
+    # is not invented from an envelope without a method.
+    handler = PaymentHandler(service(), max_job_bytes=65536)
+    raw = PaymentJob(payment_id="pay_gone", jid="job_1").encode()
+    with pytest.raises(InvalidJob, match="unknown payment 'pay_gone'"):
+        await handler(raw)
+
+
+async def test_unknown_refund_is_invalid() -> None:
+    store = MemoryStore()
+    await store.create_payments([Payment(id="pay_1", method="upi", amount=100, currency="INR",
+                                         status=PaymentStatus.SUCCEEDED)])
+    with pytest.raises(InvalidJob, match="unknown refund 're_nope'"):
+        await service(store=store).refund(RefundJob(refund_id="re_nope", payment_id="pay_1"))
+
+
+async def test_refund_job_takes_the_refund_from_the_store() -> None:
+    store = MemoryStore()
+    await store.create_payments([Payment(id="pay_1", method="upi", amount=100, currency="INR",
+                                         status=PaymentStatus.SUCCEEDED)])
+    refund = Refund(id="re_1", payment_id="pay_1", amount=40, currency="INR")
+    assert await store.reserve_refund(refund) is None
+    svc = service(store=store)
+    with pytest.raises(InvalidJob, match="belongs to payment pay_1"):
+        await svc.refund(RefundJob(refund_id="re_1", payment_id="pay_2"))
+    event = await svc.refund(RefundJob(refund_id="re_1", payment_id="pay_1"))
+    assert event is not None and event.type == "refund.success"
+    assert event.data["amount"] == 40
+    payment = await svc.store.get_payment("pay_1")
+    assert payment is not None and payment.status is PaymentStatus.PARTIALLY_REFUNDED
+    assert payment.amount_refunded == 40
+    again = await svc.refund(RefundJob(refund_id="re_1", payment_id="pay_1"))
+    assert again == event  # redelivered: the recorded event again, the refund done once
+    payment = await svc.store.get_payment("pay_1")
+    assert payment is not None and payment.amount_refunded == 40
 
 
 async def test_transient_failure_retries_then_fails_the_payment() -> None:
@@ -157,13 +228,23 @@ async def test_handler_prints_the_seed_lines_and_pushes_one_webhook_job() -> Non
         "Webhook job queued: webhook:payment.success:pay_test_1001",
     ]
     (pushed,) = outcome.push
+    event_id = event_id_for("pay_test_1001", "payment.success")
     job = parse_job(pushed)
-    assert job.legacy_text == "webhook:payment.success:pay_test_1001"
+    # It names the event (type and payment only label log lines), no more.
+    assert job == WebhookJob(event_id=event_id, event_type="payment.success",
+                             subject_id="pay_test_1001", jid=job.jid)
     body = json.loads(pushed)
-    assert Event.from_dict(body["event"]).id == event_id_for("pay_test_1001", "payment.success")
+    assert (body["type"], body["payment_id"]) == ("payment.success", "pay_test_1001")
+    assert "event" not in body
+    # the event is in the store already (recorded with the state change), waiting to be queued
+    store = svc.store.store
+    event = await svc.store.get_event(event_id)
+    assert event is not None and event.data["status"] == "succeeded"
+    assert [e.id for e in await store.unqueued_events("9999-12-31T00:00:00.000Z", 10)] == [
+        event_id]
     assert outcome.after is not None
-    await outcome.after()
-    assert await svc.store.get_event(body["event"]["id"]) is not None
+    await outcome.after()  # once the push is settled: marked enqueued, nothing to sweep
+    assert await store.unqueued_events("9999-12-31T00:00:00.000Z", 10) == []
 
 
 async def test_handler_turns_retry_later_into_a_delayed_job() -> None:

@@ -3,6 +3,7 @@ payment consumer's rules."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -10,30 +11,41 @@ import redis.exceptions
 from aiohttp.test_utils import TestClient
 
 from conftest import ServeApp
-from payflow.jobs import PaymentJob, RefundJob, parse_job
-from payflow.models import Payment, PaymentStatus, RefundStatus
+from payflow.jobs import PaymentJob, RefundJob, WebhookJob, parse_job
+from payflow.models import Payment, PaymentStatus, RefundStatus, event_id_for
 from payflow.payments import PaymentService
 from payflow.processor import SimulatedProcessor
+from payflow.store.base import Transition
+from payflow.store.front import StoreFront
 from payflow.store.memory import MemoryStore
 from payflow.web import WebContext, create_app
 
 REFUND_FAILS = "4000000000005126"
+FAR_FUTURE = "9999-12-31T00:00:00.000Z"
 
 
 class Env:
     def __init__(self) -> None:
         self.store = MemoryStore()
         self.raws: list[bytes] = []
+        self.webhook_raws: list[bytes] = []
         self.fail = False
+        self.webhooks_fail = False
 
     async def enqueue(self, raw: bytes) -> None:
         if self.fail:
             raise redis.exceptions.ConnectionError("down")
         self.raws.append(raw)
 
+    async def enqueue_webhook(self, raw: bytes) -> None:
+        if self.webhooks_fail:
+            raise redis.exceptions.ConnectionError("down")
+        self.webhook_raws.append(raw)
+
     async def run_jobs(self) -> list[str]:
-        """Run every queued job through the consumer's rules; returns the event types."""
-        service = PaymentService(self.store, SimulatedProcessor())
+        """Run every queued job through the consumer's rules; returns the types of the events
+        to queue (each recorded in the store with its state change)."""
+        service = PaymentService(StoreFront(self.store), SimulatedProcessor())
         types = []
         while self.raws:
             job = parse_job(self.raws.pop(0))
@@ -43,7 +55,7 @@ class Env:
                 assert isinstance(job, PaymentJob)
                 event = await service.process(job)
             if event is not None:
-                await self.store.add_event(event)
+                assert event.id in await self.store.get_events([event.id])
                 types.append(event.type)
         return types
 
@@ -55,7 +67,8 @@ async def env(serve_app: ServeApp) -> tuple[Env, TestClient[Any, Any]]:
     async def ping() -> bool:
         return True
 
-    ctx = WebContext(store=e.store, enqueue_payment=e.enqueue, ping=ping)
+    ctx = WebContext(store=e.store, enqueue_payment=e.enqueue, ping=ping,
+                     enqueue_webhook=e.enqueue_webhook)
     return e, await serve_app(create_app(ctx))
 
 
@@ -70,7 +83,8 @@ async def test_list_newest_first_with_cursor_and_filters(
         env: tuple[Env, TestClient[Any, Any]]) -> None:
     e, client = env
     ids = [await pay(client) for _ in range(5)]
-    await e.store.transition(ids[1], (PaymentStatus.PENDING,), PaymentStatus.CANCELED)
+    await e.store.transition([Transition(payment_id=ids[1], expected=(PaymentStatus.PENDING,),
+                                         new=PaymentStatus.CANCELED)])
     page = await (await client.get("/v1/payments?limit=2")).json()
     assert page["object"] == "list" and page["has_more"] is True
     assert [p["id"] for p in page["data"]] == [ids[4], ids[3]]
@@ -100,10 +114,32 @@ async def test_cancel_pending_only(env: tuple[Env, TestClient[Any, Any]]) -> Non
     problem = await again.json()
     assert problem["code"] == "payment_not_cancelable" and problem["current_status"] == "canceled"
     assert (await client.post("/v1/payments/pay_nope/cancel")).status == 404
-    # the queued job is acked without processing and emits payment.canceled
+    # payment.canceled is recorded with the cancel and its webhook job pushed at once...
+    event_id = event_id_for(payment_id, "payment.canceled")
+    (raw,) = e.webhook_raws
+    assert parse_job(raw) == WebhookJob(event_id=event_id, event_type="payment.canceled",
+                                        subject_id=payment_id, jid=json.loads(raw)["jid"])
+    event = (await e.store.get_events([event_id]))[event_id]
+    assert event.type == "payment.canceled" and event.data["status"] == "canceled"
+    assert await e.store.unqueued_events(FAR_FUTURE, 10) == []  # marked enqueued
+    # ...and the payment's queued job is acked without processing, queuing that same event
     assert await e.run_jobs() == ["payment.canceled"]
-    stored = await e.store.get_payment(payment_id)
-    assert stored is not None and stored.status is PaymentStatus.CANCELED
+    assert [ev.id for ev in await e.store.list_events(limit=10)] == [event_id]
+    stored = (await e.store.get_payments([payment_id]))[payment_id]
+    assert stored.status is PaymentStatus.CANCELED
+
+
+async def test_cancel_with_the_webhook_queue_down_leaves_the_event_to_the_outbox(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    payment_id = await pay(client)
+    e.webhooks_fail = True
+    resp = await client.post(f"/v1/payments/{payment_id}/cancel")
+    assert resp.status == 200 and (await resp.json())["status"] == "canceled"
+    assert e.webhook_raws == []
+    # recorded, not marked enqueued: the outbox sweeper queues it
+    (unqueued,) = await e.store.unqueued_events(FAR_FUTURE, 10)
+    assert unqueued.id == event_id_for(payment_id, "payment.canceled")
 
 
 async def test_refunds_partial_then_rest(env: tuple[Env, TestClient[Any, Any]]) -> None:
@@ -131,6 +167,19 @@ async def test_refunds_partial_then_rest(env: tuple[Env, TestClient[Any, Any]]) 
     assert (await client.get("/v1/refunds/re_nope")).status == 404
 
 
+async def test_nothing_left_while_refunds_are_pending_is_refused(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    payment_id = await pay(client, 1000)
+    await e.run_jobs()
+    resp = await client.post(f"/v1/payments/{payment_id}/refunds")  # all of it, still pending
+    assert resp.status == 202 and (await resp.json())["amount"] == 1000
+    nothing = await client.post(f"/v1/payments/{payment_id}/refunds")
+    assert nothing.status == 422 and (await nothing.json())["code"] == "invalid_amount"
+    listed = await (await client.get(f"/v1/payments/{payment_id}/refunds")).json()
+    assert [r["amount"] for r in listed["data"]] == [1000]  # no refund of 0
+
+
 async def test_partial_refund_and_failed_refund(env: tuple[Env, TestClient[Any, Any]]) -> None:
     e, client = env
     payment_id = await pay(client, 500, method="card",
@@ -139,17 +188,17 @@ async def test_partial_refund_and_failed_refund(env: tuple[Env, TestClient[Any, 
     refund = await (await client.post(f"/v1/payments/{payment_id}/refunds",
                                       json={"amount": 100})).json()
     assert await e.run_jobs() == ["refund.failed"]
-    failed = await e.store.get_refund(refund["id"])
-    assert failed is not None and failed.status is RefundStatus.FAILED
-    payment = await e.store.get_payment(payment_id)
-    assert payment is not None and payment.status is PaymentStatus.SUCCEEDED
+    failed = (await e.store.get_refunds([refund["id"]]))[refund["id"]]
+    assert failed.status is RefundStatus.FAILED
+    payment = (await e.store.get_payments([payment_id]))[payment_id]
+    assert payment.status is PaymentStatus.SUCCEEDED
     assert await e.store.refundable(payment_id) == 500  # a failed refund frees its amount
     ok_id = await pay(client, 900)
     await e.run_jobs()
     await client.post(f"/v1/payments/{ok_id}/refunds", json={"amount": 100})
     await e.run_jobs()
-    partial = await e.store.get_payment(ok_id)
-    assert partial is not None and partial.status is PaymentStatus.PARTIALLY_REFUNDED
+    partial = (await e.store.get_payments([ok_id]))[ok_id]
+    assert partial.status is PaymentStatus.PARTIALLY_REFUNDED
     assert partial.amount_refunded == 100
 
 
@@ -166,23 +215,23 @@ async def test_refund_validation_and_queue_down(env: tuple[Env, TestClient[Any, 
     assert resp.status == 503
     assert await e.store.refundable(payment_id) == 500  # nothing kept reserved
     legacy = Payment(id="pay_legacy", method="upi", status=PaymentStatus.SUCCEEDED)
-    await e.store.create_payment(legacy)
+    await e.store.create_payments([legacy])
     e.fail = False
     resp = await client.post("/v1/payments/pay_legacy/refunds")
     assert resp.status == 409 and "no amount" in (await resp.json())["detail"]
 
 
-async def test_a_request_whose_job_would_be_too_large_is_refused(serve_app: ServeApp) -> None:
-    e = Env()
-
-    async def ping() -> bool:
-        return True
-
-    ctx = WebContext(store=e.store, enqueue_payment=e.enqueue, ping=ping, max_job_bytes=600)
-    client = await serve_app(create_app(ctx))
-    big = {"amount": 100, "currency": "INR", "method": "upi", "metadata": {"note": "n" * 400}}
+async def test_the_job_names_the_payment_whatever_the_request_size(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    metadata = {f"note{i}": "n" * 500 for i in range(20)}  # 10 KB: once a 413 job_too_large
+    big = {"amount": 100, "currency": "INR", "method": "upi", "metadata": metadata}
     resp = await client.post("/v1/payments", json=big)
-    assert resp.status == 413 and (await resp.json())["code"] == "job_too_large"
-    assert e.raws == [] and await e.store.list_payments(limit=10) == []  # nothing kept
-    small = await client.post("/v1/payments", json={**big, "metadata": {}})
-    assert small.status == 202
+    assert resp.status == 202
+    payment_id = (await resp.json())["id"]
+    (raw,) = e.raws
+    assert len(raw) < 200 and b"nnnn" not in raw  # no snapshot: the store has the payment
+    assert parse_job(raw) == PaymentJob(payment_id=payment_id, method="upi",
+                                        jid=json.loads(raw)["jid"])
+    stored = (await e.store.get_payments([payment_id]))[payment_id]
+    assert stored.metadata == metadata

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +50,16 @@ class RecordingStore(MemoryStore):
         super().__init__()
         self.created: list[str] = []
 
-    async def create_payment(self, payment: Payment) -> Payment:
-        self.created.append(payment.id)
-        return await super().create_payment(payment)
+    async def create_payments(self, payments: Sequence[Payment]) -> list[Payment]:
+        self.created += [p.id for p in payments]
+        return await super().create_payments(payments)
+
+    async def get_payment(self, payment_id: str) -> Payment | None:
+        return (await self.get_payments([payment_id])).get(payment_id)
 
 
 class BrokenStore(RecordingStore):
-    async def create_payment(self, payment: Payment) -> Payment:
+    async def create_payments(self, payments: Sequence[Payment]) -> list[Payment]:
         raise RuntimeError("store exploded: secret-internal-detail")
 
 
@@ -134,7 +137,10 @@ async def test_enqueued_job_is_the_payment_envelope(api: Api) -> None:
     job = parse_job(api.queue.raws[0])
     assert isinstance(job, PaymentJob)
     assert (job.payment_id, job.method) == (data["id"], "upi")
-    assert job.payment == data
+    # it names the payment and carries no snapshot: the store has the payment
+    assert set(envelope) == {"v", "kind", "jid", "attempt", "payment_id", "method"}
+    stored = await api.store.get_payment(data["id"])
+    assert stored is not None and stored.to_dict() == data
 
 
 async def test_create_card_payment_keeps_no_card_number(api: Api) -> None:

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from payflow.errors import InvalidJob
 from payflow.jobs import WebhookJob, parse_job
 from payflow.models import (
+    DeliveryAttempt,
     EndpointSecret,
     Event,
     Payment,
@@ -25,6 +26,8 @@ from payflow.models import (
     WebhookEndpoint,
     event_id_for,
 )
+from payflow.store.base import Transition
+from payflow.store.front import StoreFront
 from payflow.store.memory import MemoryStore
 from payflow.webhooks.delivery import HttpDelivery, LogSink
 from payflow.webhooks.sender import RetryPolicy, WebhookHandler
@@ -78,20 +81,24 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 async def make_handler() -> AsyncIterator[Callable[..., Any]]:
     sessions: list[aiohttp.ClientSession] = []
 
-    async def make(*endpoints: WebhookEndpoint, failure_rate: float = 0.0,
+    async def make(*endpoints: WebhookEndpoint, sink: bool = False, failure_rate: float = 0.0,
                    allow: tuple[str, ...] = ("127.0.0.0/8",), timeout: float = 2.0,
                    disable_after: timedelta = timedelta(hours=1)
                    ) -> tuple[WebhookHandler, MemoryStore]:
+        """A handler over a store that has pay_1, succeeded, and its event (``EVENT``); the
+        log sink only with ``sink``."""
         store = MemoryStore()
         for ep in endpoints:
             await store.put_endpoint(ep)
+        await store.create_payments([PAYMENT])
+        await store.add_events([EVENT])
         guard = AddressPolicy(allow)
         session = aiohttp.ClientSession(connector=make_connector(guard))
         sessions.append(session)
-        handler = WebhookHandler(store=store,
+        handler = WebhookHandler(store=StoreFront(store),
                                  http=HttpDelivery(session, timeout=timeout, policy=guard),
-                                 sink=LogSink(failure_rate=failure_rate), policy=POLICY,
-                                 max_job_bytes=65536, disable_after=disable_after)
+                                 sink=LogSink(failure_rate=failure_rate) if sink else None,
+                                 policy=POLICY, max_job_bytes=65536, disable_after=disable_after)
         return handler, store
 
     yield make
@@ -103,17 +110,28 @@ def endpoint(base: str, name: str, **kw: Any) -> WebhookEndpoint:
     return WebhookEndpoint(id=f"ep_{name}", url=f"{base}/{name}", **kw)
 
 
-def event_job(attempt: int = 0, endpoint: str | None = None) -> bytes:
-    event = Event.for_payment(Payment(id="pay_1", method="upi", status=PaymentStatus.SUCCEEDED))
-    return WebhookJob(event_type=event.type, payment_id="pay_1", event=event.to_dict(),
-                      endpoint=endpoint, attempt=attempt).encode()
-
-
+PAYMENT = Payment(id="pay_1", method="upi", amount=2500, currency="INR",
+                  status=PaymentStatus.SUCCEEDED)
+EVENT = Event.for_payment(PAYMENT)
 EVENT_ID = event_id_for("pay_1", "payment.success")
 
 
+def event_job(attempt: int = 0, endpoint: str | None = None) -> bytes:
+    return WebhookJob.for_event(EVENT, endpoint=endpoint, attempt=attempt).encode()
+
+
+async def attempts_of(store: MemoryStore, event_id: str = EVENT_ID) -> list[DeliveryAttempt]:
+    return await store.list_attempts(event_id)
+
+
+async def endpoint_in(store: MemoryStore, endpoint_id: str) -> WebhookEndpoint:
+    return (await store.get_endpoints([endpoint_id]))[endpoint_id]
+
+
 async def test_log_sink_prints_the_seed_lines(make_handler: Callable[..., Any]) -> None:
-    handler, store = await make_handler()
+    handler, store = await make_handler(sink=True)
+    await store.create_payments([Payment(id="pay_test_1001", method="upi",
+                                         status=PaymentStatus.SUCCEEDED)])
     with capture_logs() as logs:
         outcome = await handler(b"webhook:payment.success:pay_test_1001")
     assert [e["event"] for e in logs] == [
@@ -121,9 +139,59 @@ async def test_log_sink_prints_the_seed_lines(make_handler: Callable[..., Any]) 
         "Webhook delivered: webhook:payment.success:pay_test_1001"]
     assert not outcome.delay and outcome.dead is None
     event_id = event_id_for("pay_test_1001", "payment.success")
-    assert await store.get_event(event_id) is not None  # visible in /v1/events
-    (attempt,) = await store.list_attempts(event_id)
+    assert event_id in await store.get_events([event_id])  # visible in /v1/events
+    (attempt,) = await attempts_of(store, event_id)
     assert (attempt.endpoint_id, attempt.outcome, attempt.attempt) == ("log", "succeeded", 1)
+
+
+async def test_the_log_sink_goes_beside_the_endpoints_when_configured(
+        make_handler: Callable[..., Any], receiver: tuple[Receiver, str]) -> None:
+    rec, base = receiver
+    handler, store = await make_handler(endpoint(base, "a"), sink=True)
+    await handler(event_job())
+    assert [name for name, _, _ in rec.hits] == ["a"]
+    assert {(a.endpoint_id, a.outcome) for a in await attempts_of(store)} == {
+        ("ep_a", "succeeded"), ("log", "succeeded")}
+
+
+async def test_without_a_sink_and_endpoints_nothing_is_delivered_and_the_event_stays(
+        make_handler: Callable[..., Any]) -> None:
+    handler, store = await make_handler()  # no endpoint, no log sink: never a fallback
+    with capture_logs() as logs:
+        outcome = await handler(event_job())
+    assert not outcome.push and not outcome.delay and not outcome.dead_jobs
+    assert outcome.dead is None
+    assert "Webhook delivered: webhook:payment.success:pay_1" not in [e["event"] for e in logs]
+    assert any(e["event"] == "webhook.no_subscribers" for e in logs)
+    assert await attempts_of(store) == []  # never tried: an endpoint's recover finds it
+    assert await store.get_events([EVENT_ID]) == {EVENT_ID: EVENT}  # still recorded
+    # a job aimed at the log sink of a daemon without one delivers nothing either
+    assert not (await handler(event_job(attempt=1, endpoint="log"))).delay
+    assert await attempts_of(store) == []
+
+
+async def test_a_job_names_the_event_and_the_event_comes_from_the_store(
+        make_handler: Callable[..., Any], receiver: tuple[Receiver, str]) -> None:
+    rec, base = receiver
+    handler, _ = await make_handler(endpoint(base, "a"))
+    # an envelope of an earlier version carried the event: only its id is taken
+    forged = {**EVENT.to_dict(), "data": {**EVENT.data, "amount": 10**9}}
+    old = json.dumps({"v": 1, "kind": "webhook", "type": "payment.success",
+                      "payment_id": "pay_1", "event": forged}).encode()
+    for raw in (event_job(), old):
+        await handler(raw)
+    assert len(rec.hits) == 2
+    for _, _, body in rec.hits:
+        assert json.loads(body) == EVENT.to_dict()  # the store's event, amount 2500
+
+
+async def test_a_job_naming_an_unknown_event_is_an_invalid_job(
+        make_handler: Callable[..., Any], receiver: tuple[Receiver, str]) -> None:
+    rec, base = receiver
+    handler, _ = await make_handler(endpoint(base, "a"), sink=True)
+    with pytest.raises(InvalidJob, match="unknown event 'evt_nope'"):
+        await handler(WebhookJob(event_id="evt_nope").encode())
+    assert rec.hits == []
 
 
 def test_status_classes() -> None:
@@ -134,7 +202,7 @@ def test_status_classes() -> None:
 
 
 async def test_schedule_with_jitter_then_dead(make_handler: Callable[..., Any]) -> None:
-    handler, store = await make_handler(failure_rate=1.0)
+    handler, store = await make_handler(sink=True, failure_rate=1.0)
     outcome = await handler(b"webhook:payment.success:pay_1")
     ((raw, delay),) = outcome.delay
     assert 4.0 <= delay <= 6.0  # 5 s ± 20 %
@@ -144,7 +212,7 @@ async def test_schedule_with_jitter_then_dead(make_handler: Callable[..., Any]) 
     assert 240.0 <= second.delay[0][1] <= 360.0  # 300 s ± 20 %
     last = await handler(event_job(attempt=3, endpoint="log"))  # the 4th and last attempt
     assert last.dead is not None and "gave up after 4 attempts" in last.dead
-    attempts = await store.list_attempts(EVENT_ID)
+    attempts = await attempts_of(store)
     assert [(a.attempt, a.outcome) for a in attempts] == [(1, "retrying"), (2, "retrying"),
                                                           (4, "dead")]
     assert attempts[-1].next_retry_at is None and attempts[0].next_retry_at is not None
@@ -168,7 +236,7 @@ async def test_fan_out_signs_and_retries_each_endpoint_alone(
     assert headers["webhook-signature"] == sign(SECRET, EVENT_ID,
                                                 int(headers["webhook-timestamp"]), body)
     assert "webhook-signature" not in next(h for h in rec.hits if h[0] == "bad")[1]
-    attempts = {a.endpoint_id: a for a in await store.list_attempts(EVENT_ID)}
+    attempts = {a.endpoint_id: a for a in await attempts_of(store)}
     assert attempts["ep_good"].outcome == "succeeded" and attempts["ep_good"].status == 200
     assert attempts["ep_bad"].outcome == "retrying" and attempts["ep_bad"].status == 500
     assert attempts["ep_bad"].next_retry_at is not None
@@ -196,13 +264,13 @@ async def test_410_disables_the_endpoint(make_handler: Callable[..., Any],
     with capture_logs() as logs:
         outcome = await handler(event_job())
     assert not outcome.delay and not outcome.dead_jobs
-    gone = await store.get_endpoint("ep_gone")
-    assert gone is not None and gone.disabled and "410" in (gone.disabled_reason or "")
+    gone = await endpoint_in(store, "ep_gone")
+    assert gone.disabled and "410" in (gone.disabled_reason or "")
     assert any(e["event"] == "webhook.endpoint_disabled" for e in logs)
     # a later event is not sent to it, but recorded as skipped
     await handler(event_job())
     assert len(rec.hits) == 1
-    assert [a.outcome for a in await store.list_attempts(EVENT_ID)] == ["disabled", "skipped"]
+    assert [a.outcome for a in await attempts_of(store)] == ["disabled", "skipped"]
 
 
 @pytest.mark.parametrize(("step", "error"), [("hang", "timeout"), ("close", "connection")])
@@ -214,7 +282,7 @@ async def test_hangs_and_closed_connections_are_failures(
     handler, store = await make_handler(endpoint(base, "x"), timeout=0.5)
     outcome = await handler(event_job())
     assert len(outcome.delay) == 1
-    (attempt,) = await store.list_attempts(EVENT_ID)
+    (attempt,) = await attempts_of(store)
     assert attempt.outcome == "retrying" and error in (attempt.error or "")
 
 
@@ -229,7 +297,7 @@ async def test_ssrf_refusal_is_recorded_and_dead_at_once(
     assert not outcome.delay
     reasons = sorted(reason for _, reason in outcome.dead_jobs)
     assert all(r.startswith("refused: ssrf_refused:") and "loopback" in r for r in reasons)
-    outcomes = {a.endpoint_id: a.outcome for a in await store.list_attempts(EVENT_ID)}
+    outcomes = {a.endpoint_id: a.outcome for a in await attempts_of(store)}
     assert outcomes == {"ep_local": "refused", "ep_b": "refused"}
 
 
@@ -242,8 +310,8 @@ async def test_endpoint_failing_too_long_is_disabled(
     assert len(first.delay) == 1
     second = await handler(event_job(attempt=1, endpoint="ep_x"))
     assert not second.delay and second.dead is None
-    x = await store.get_endpoint("ep_x")
-    assert x is not None and x.disabled and "failing for" in (x.disabled_reason or "")
+    x = await endpoint_in(store, "ep_x")
+    assert x.disabled and "failing for" in (x.disabled_reason or "")
 
 
 async def test_success_resets_the_failing_streak(
@@ -252,16 +320,14 @@ async def test_success_resets_the_failing_streak(
     rec.plan = {"x": ["500", "200"]}
     handler, store = await make_handler(endpoint(base, "x"))
     await handler(event_job())
-    x = await store.get_endpoint("ep_x")
-    assert x is not None and x.failing_since is not None
+    assert (await endpoint_in(store, "ep_x")).failing_since is not None
     await handler(event_job(attempt=1, endpoint="ep_x"))
-    x = await store.get_endpoint("ep_x")
-    assert x is not None and x.failing_since is None
+    assert (await endpoint_in(store, "ep_x")).failing_since is None
 
 
 async def test_unknown_endpoint_is_an_invalid_job(make_handler: Callable[..., Any]) -> None:
     handler, _ = await make_handler(WebhookEndpoint(id="ep_a", url="http://127.0.0.1:9/a"))
-    with pytest.raises(InvalidJob, match="no longer exists"):
+    with pytest.raises(InvalidJob, match="endpoint 'ep_gone' does not exist"):
         await handler(event_job(endpoint="ep_gone"))
 
 
@@ -269,12 +335,37 @@ async def test_legacy_job_derives_the_event_from_the_store(
         make_handler: Callable[..., Any], receiver: tuple[Receiver, str]) -> None:
     rec, base = receiver
     handler, store = await make_handler(endpoint(base, "a"))
-    await store.create_payment(Payment(id="pay_7", method="card", amount=100, currency="USD",
-                                       status=PaymentStatus.FAILED))
+    await store.create_payments([Payment(id="pay_7", method="card", amount=100, currency="USD",
+                                         status=PaymentStatus.FAILED)])
     await handler(b"webhook:payment.failed:pay_7")
     body: dict[str, Any] = json.loads(rec.hits[0][2])
-    assert body["id"] == event_id_for("pay_7", "payment.failed")
+    event_id = event_id_for("pay_7", "payment.failed")
+    assert body["id"] == event_id
     assert body["data"]["amount"] == 100
+    # derived once, then recorded: the same job again delivers the very same event
+    assert event_id in await store.get_events([event_id])
+    await handler(b"webhook:payment.failed:pay_7")
+    assert json.loads(rec.hits[1][2]) == body
+    # the recorded event is delivered even after the payment moved on
+    await store.transition([Transition(payment_id="pay_7", expected=(PaymentStatus.FAILED,),
+                                       new=PaymentStatus.PENDING)])
+    await handler(b"webhook:payment.failed:pay_7")
+    assert len(rec.hits) == 3
+
+
+@pytest.mark.parametrize("raw", [
+    b"webhook:payment.success:pay_unknown",  # the store does not have the payment
+    b"webhook:payment.failed:pay_1",  # pay_1 succeeded: that event would not be true
+    b"webhook:refund.success:re_unknown",
+])
+async def test_a_legacy_job_the_store_does_not_back_is_an_invalid_job(
+        make_handler: Callable[..., Any], receiver: tuple[Receiver, str], raw: bytes) -> None:
+    rec, base = receiver
+    handler, store = await make_handler(endpoint(base, "a"), sink=True)
+    with pytest.raises(InvalidJob, match="the store does not have it in that state"):
+        await handler(raw)
+    assert rec.hits == []
+    assert [e.id for e in await store.list_events(limit=10)] == [EVENT_ID]  # nothing invented
 
 
 async def test_payment_job_on_the_webhook_queue_is_forwarded(

@@ -120,6 +120,20 @@ class BoolRule(Rule):
         raise bad(self.expected, value)
 
 
+class AutoBoolRule(BoolRule):
+    """true, false, or "auto" (``None``: decided at start from other settings)."""
+
+    expected = 'true, false or "auto" (environment: true/false, 1/0, yes/no, auto)'
+
+    def native(self, value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        return super().native(value)
+
+    def text(self, value: str) -> object:
+        return None if value.strip().lower() == "auto" else super().text(value)
+
+
 class StrRule(Rule):
     """A string accepted by ``check``; ``normalize`` (e.g. ``str.lower``) is applied first."""
 
@@ -239,8 +253,18 @@ def url_scheme_ok(value: str, schemes: Collection[str], *, need_host: Collection
 
 
 def is_redis_url(value: str) -> bool:
-    """``embedded``, or a redis:// / rediss:// URL with a host, or a unix:// URL with a path."""
+    """``embedded``, or a redis:// / rediss:// URL with a host, or a unix:// URL with a path, or
+    a redis+sentinel:// URL naming sentinel hosts and a service."""
     if value == "embedded":
+        return True
+    if value.partition("://")[0].lower() == "redis+sentinel":
+        from payflow.errors import ConfigError
+        from payflow.redis_client import parse_sentinel_url
+
+        try:
+            parse_sentinel_url(value)
+        except ConfigError:
+            return False
         return True
     if not url_scheme_ok(value, ("redis", "rediss", "unix"), need_host=("redis", "rediss")):
         return False
@@ -249,9 +273,9 @@ def is_redis_url(value: str) -> bool:
 
 
 def mask_url(url: str, *, lone_user_is_secret: bool = False) -> str:
-    """``url`` with the password of its user info and any ``password=`` query value replaced
-    by ``***``. With ``lone_user_is_secret`` (Redis, whose old URLs were ``redis://pw@host``),
-    user info without a colon is masked too."""
+    """``url`` with the password of its user info and any ``password=`` or
+    ``sentinel_password=`` query value replaced by ``***``. With ``lone_user_is_secret`` (Redis,
+    whose old URLs were ``redis://pw@host``), user info without a colon is masked too."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -265,7 +289,7 @@ def mask_url(url: str, *, lone_user_is_secret: bool = False) -> str:
         elif lone_user_is_secret and userinfo:
             userinfo = "***"
         netloc = f"{userinfo}@{hostport}"
-    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
+    query = re.sub(r"(?i)((?:^|&)(?:sentinel_)?password=)[^&]*", r"\1***", parts.query)
     if (netloc, query) == (parts.netloc, parts.query):
         return url  # geturl() would turn "memory://" into "memory:"
     return parts._replace(netloc=netloc, query=query).geturl()

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from payflow import __version__, cli_dead, cli_listen
+from payflow import __version__, cli_dead, cli_listen, cli_store
 from payflow.errors import ConfigError, StartupError
 
 
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="configuration file (default: $PAYFLOW_CONFIG, else ./payflow.toml "
                             "if present)")
     serve.add_argument("--redis-url", metavar="URL",
-                       help='"embedded", or redis://host:port/db, rediss://…, unix://… '
+                       help='"embedded", or redis://host:port/db, rediss://…, unix://…, or '
+                            "redis+sentinel://host:port[,host:port…]/service[/db] "
                             "([redis] url)")
     serve.add_argument("--host", metavar="H", help="HTTP listen address ([http] host)")
     serve.add_argument("--port", metavar="P", help="HTTP listen port ([http] port)")
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "a terminal, JSON otherwise)")
     cli_dead.add_parser(sub)
     cli_listen.add_parser(sub)
+    cli_store.add_parsers(sub)
     return parser
 
 
@@ -80,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_dead.run(args)
     if args.command == "listen":
         return cli_listen.run(args)
+    if args.command in ("migrate", "prune"):
+        return cli_store.run(args)
     parser.print_help()
     return 2
 

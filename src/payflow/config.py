@@ -18,6 +18,7 @@ from typing import Any, Final, NamedTuple, cast
 
 from payflow._config_parse import (
     ApiKeysRule,
+    AutoBoolRule,
     BoolRule,
     EndpointsRule,
     FloatRule,
@@ -74,6 +75,10 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080  # 0 = pick a free port
     max_body_bytes: int = 65536
+    header_timeout_seconds: float = 10.0  # to send a request's head (after connecting or idling)
+    body_timeout_seconds: float = 30.0  # to send its body
+    keepalive_seconds: float = 75.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1000  # more evict the oldest idle or slow one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -85,6 +90,8 @@ class QueueConfig:
     promote_interval_seconds: float = 0.5
     max_job_bytes: int = 1048576  # room for any job the API makes from a 64 KiB request
     max_redeliveries: int = 5
+    # A payment still pending this long after its last change has its job queued again.
+    requeue_pending_after_seconds: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -117,14 +124,19 @@ class WebhooksConfig:
                                          50400.0, 72000.0, 86400.0)
     disable_after_hours: float = 120.0
     secret_rotation_grace_hours: float = 24.0
-    simulate_failure_rate: float = 0.0  # only used by the log sink (no endpoints)
+    # The log sink: every event "delivered" to the log (the seed's behaviour). None ("auto"): on
+    # with the embedded Redis only. Never a fallback for endpoints a daemon does not know.
+    log_sink: bool | None = None
+    simulate_failure_rate: float = 0.0  # the log sink's simulated failure rate
     allow_networks: tuple[str, ...] = ()  # CIDRs receivers may resolve to despite being private
     endpoints: tuple[EndpointConfig, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StoreConfig:
-    url: str = "memory://"
+    url: str = "memory://"  # memory:// (one daemon, gone on restart) or postgresql://…
+    secret_key: str = field(default="", repr=False)  # encrypts endpoint secrets at rest
+    memory_max_payments: int = 100_000  # memory://: finished payments kept (oldest evicted)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -195,6 +207,10 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
         "host": StrRule("a host name or IP address without whitespace", is_token),
         "port": IntRule(0, 65535),
         "max_body_bytes": IntRule(1024, 16777216),
+        "header_timeout_seconds": FloatRule(0.1, 3600.0),
+        "body_timeout_seconds": FloatRule(0.1, 3600.0),
+        "keepalive_seconds": FloatRule(0.1, 3600.0),
+        "max_connections": IntRule(8, 1_000_000),
     }),
     "queue": (QueueConfig, {
         "payments": _QUEUE_NAME,
@@ -204,6 +220,7 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
         "promote_interval_seconds": FloatRule(0.05, 60.0),
         "max_job_bytes": IntRule(64, 16777216),
         "max_redeliveries": IntRule(1, 1000),
+        "requeue_pending_after_seconds": FloatRule(1.0, 86400.0),
     }),
     "workers": (WorkersConfig, {"payments": IntRule(1, 256), "webhooks": IntRule(1, 256)}),
     "processor": (ProcessorConfig, {
@@ -217,6 +234,7 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
         "retry_schedule": FloatTupleRule(0.01, 604800.0, most=49),
         "disable_after_hours": FloatRule(0.001, 8760.0),
         "secret_rotation_grace_hours": FloatRule(0.0, 720.0),
+        "log_sink": AutoBoolRule(),
         "simulate_failure_rate": _RATE,
         "allow_networks": StrTupleRule("a list of IP networks such as ['10.0.0.0/8']",
                                        "an IP network such as '10.0.0.0/8'", is_network),
@@ -225,6 +243,9 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
     "store": (StoreConfig, {
         "url": StrRule("memory:// or a postgresql:// or postgres:// URL",
                        lambda url: url_scheme_ok(url, STORE_SCHEMES)),
+        "secret_key": StrRule("empty, or a passphrase of at least 16 characters",
+                              lambda key: key == "" or len(key) >= 16),
+        "memory_max_payments": IntRule(100, 100_000_000),
     }),
     "log": (LogConfig, {"format": choice(LOG_FORMATS), "level": choice(LOG_LEVELS)}),
     "shutdown": (ShutdownConfig, {"grace_seconds": FloatRule(0.0, 3600.0)}),
@@ -415,6 +436,8 @@ def config_summary(config: Config) -> dict[str, object]:
     cast(dict[str, object], summary["redis"])["url"] = mask_url(config.redis.url,
                                                                lone_user_is_secret=True)
     cast(dict[str, object], summary["store"])["url"] = mask_url(config.store.url)
+    cast(dict[str, object], summary["store"])["secret_key"] = (
+        "***" if config.store.secret_key else "")
     cast(dict[str, object], summary["webhooks"])["endpoints"] = [
         {"url": endpoint.url, "secret": None if endpoint.secret is None else "***",
          "enabled_events": list(endpoint.enabled_events), "description": endpoint.description}

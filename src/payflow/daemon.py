@@ -14,7 +14,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import aiohttp
@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from payflow import metrics
+from payflow._config_parse import mask_url
 from payflow.config import Config, config_summary
 from payflow.embedded import EmbeddedRedis
 from payflow.errors import StartupError
@@ -38,16 +39,21 @@ from payflow.queue.liveness import Liveness
 from payflow.queue.redis import QueueClient, Scripts
 from payflow.queue.scheduler import run_promoter
 from payflow.store import Store, open_store
+from payflow.store.front import StoreFront
 from payflow.web import WebContext, create_app
 from payflow.web.idempotency import Idempotency
+from payflow.web.server import ConnectionGuard, GuardedSite
 from payflow.webhooks.delivery import HttpDelivery, LogSink
 from payflow.webhooks.endpoints import seed_endpoints
+from payflow.webhooks.outbox import sweep_once, sweep_pending
 from payflow.webhooks.sender import RetryPolicy, WebhookHandler
 from payflow.webhooks.ssrf import AddressPolicy, make_connector
 
 log = structlog.get_logger("payflow.daemon")
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+SWEEP_LOCK = "payflow:sweeper:lock"
+SWEEP_INTERVAL_MS = 2000
 
 
 def new_daemon_id() -> str:
@@ -87,10 +93,12 @@ class Daemon:
 
     def _redis(self, url: str, *, single: bool, timeout: float) -> Redis:
         """A client that fails fast when Redis is away (the callers back off themselves); one
-        immediate retry replaces a connection that went stale when Redis restarted."""
-        client = Redis.from_url(url, single_connection_client=single, socket_timeout=timeout,
-                                socket_connect_timeout=min(timeout, 2.0),
-                                retry=Retry(NoBackoff(), 1))
+        immediate retry replaces a connection that went stale when Redis restarted (or, behind
+        Sentinel, reconnects to the promoted primary)."""
+        from payflow.redis_client import connect
+
+        client = connect(url, single_connection=single, socket_timeout=timeout,
+                         connect_timeout=min(timeout, 2.0), retry=Retry(NoBackoff(), 1))
         self._clients.append(client)
         return client
 
@@ -108,12 +116,19 @@ class Daemon:
                         detail=f"embedded Redis on {url}: it keeps nothing, so queued jobs are "
                                "lost when payflow stops; set [redis] url to a real Redis for "
                                "production")
-        store = open_store(cfg.store.url)
         try:
-            await self._serve(url, store)
+            try:
+                store = await open_store(cfg.store.url, secret_key=cfg.store.secret_key or None,
+                                         memory_max_payments=cfg.store.memory_max_payments)
+            except (OSError, ConnectionError) as exc:
+                raise StartupError(f"cannot open the store {mask_url(cfg.store.url)}: "
+                                   f"{exc}") from None
+            try:
+                await self._serve(url, store)
+            finally:
+                await self._close()
+                await store.close()
         finally:
-            await self._close()
-            await store.close()
             if self._embedded is not None:
                 self._embedded.stop()
         log.info("daemon.stopped", daemon_id=self.id)
@@ -138,7 +153,7 @@ class Daemon:
         ctx = WebContext(store=st, enqueue_payment=enqueue, ping=ping,
                          enqueue_webhook=enqueue_webhook,
                          max_body_bytes=cfg.http.max_body_bytes,
-                         max_job_bytes=cfg.queue.max_job_bytes,
+                         body_seconds=cfg.http.body_timeout_seconds,
                          rotation_grace_hours=cfg.webhooks.secret_rotation_grace_hours,
                          api_keys=cfg.api.keys, metrics_public=cfg.api.metrics_public,
                          idempotency=Idempotency(
@@ -150,18 +165,23 @@ class Daemon:
                                "anyone who reaches it can create payments; add [[api.keys]] "
                                "or PAYFLOW_API_KEYS")
         await seed_endpoints(st, cfg.webhooks.endpoints)
+        front = StoreFront(st)
         processor = SimulatedProcessor(latency_ms=cfg.processor.latency_ms,
                                        failure_rate=cfg.processor.failure_rate)
-        payments = PaymentHandler(PaymentService(st, processor,
+        payments = PaymentHandler(PaymentService(front, processor,
                                                  max_attempts=cfg.processor.max_attempts),
                                   max_job_bytes=cfg.queue.max_job_bytes)
         guard = AddressPolicy(cfg.webhooks.allow_networks)
         session = aiohttp.ClientSession(connector=make_connector(guard, limit=100))
         try:
+            log_sink = cfg.webhooks.log_sink
+            if log_sink is None:  # auto: the seed's walk-through with the embedded Redis
+                log_sink = cfg.redis.url == "embedded"
             webhooks = WebhookHandler(
-                store=st,
+                store=front,
                 http=HttpDelivery(session, timeout=cfg.webhooks.timeout_seconds, policy=guard),
-                sink=LogSink(failure_rate=cfg.webhooks.simulate_failure_rate),
+                sink=(LogSink(failure_rate=cfg.webhooks.simulate_failure_rate) if log_sink
+                      else None),
                 policy=RetryPolicy(schedule=cfg.webhooks.retry_schedule,
                                    max_attempts=cfg.webhooks.max_attempts),
                 max_job_bytes=cfg.queue.max_job_bytes,
@@ -170,7 +190,7 @@ class Daemon:
             await runner.setup()
             try:
                 await self._start_http(runner)
-                await self._run_loops(url, payments, webhooks, ctx)
+                await self._run_loops(url, payments, webhooks, ctx, st)
             finally:
                 await runner.cleanup()
         finally:
@@ -178,7 +198,12 @@ class Daemon:
 
     async def _start_http(self, runner: web.AppRunner) -> None:
         cfg = self.config
-        site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+        guard = ConnectionGuard(header_seconds=cfg.http.header_timeout_seconds,
+                                body_seconds=cfg.http.body_timeout_seconds,
+                                idle_seconds=cfg.http.keepalive_seconds,
+                                max_connections=cfg.http.max_connections)
+        site = GuardedSite(runner, cfg.http.host, cfg.http.port, guard=guard,
+                           keepalive_timeout=cfg.http.keepalive_seconds)
         try:
             await site.start()
         except OSError as exc:
@@ -191,7 +216,7 @@ class Daemon:
                  http=f"http://{address[0]}:{address[1]}", config=config_summary(cfg))
 
     async def _run_loops(self, url: str, payments: PaymentHandler, webhooks: WebhookHandler,
-                         ctx: WebContext) -> None:
+                         ctx: WebContext, store: Store) -> None:
         cfg = self.config
         block = cfg.queue.block_timeout_seconds
         consumers: list[Consumer] = []
@@ -213,7 +238,8 @@ class Daemon:
                             heartbeat_seconds=cfg.daemon.heartbeat_seconds,
                             ttl_seconds=cfg.daemon.heartbeat_ttl_seconds,
                             reap_interval=cfg.daemon.reap_interval_seconds,
-                            max_redeliveries=cfg.queue.max_redeliveries, stop=self.stop)
+                            max_redeliveries=cfg.queue.max_redeliveries, stop=self.stop,
+                            store_kind=store.kind, store_shared=store.shared)
         if not await self._register(liveness):
             return
         async with asyncio.TaskGroup() as tg:
@@ -227,6 +253,8 @@ class Daemon:
                                      interval=cfg.queue.promote_interval_seconds,
                                      stop=self.stop),
                 self.stop)))
+            tasks.append(tg.create_task(supervise(
+                "sweeper", lambda: self._sweep(promoter_redis, store), self.stop)))
             tasks.append(tg.create_task(supervise(
                 "metrics",
                 lambda: metrics.run_sampler(promoter_redis, [cfg.queue.payments,
@@ -251,6 +279,27 @@ class Daemon:
                                  "another daemon, or this one's next start, recovers them")
             liveness.done.set()
 
+    async def _sweep(self, redis: Redis, store: Store) -> None:
+        """Every few seconds, one daemon at a time (a lock in Redis): queue the events whose
+        webhook jobs never reached Redis, and the jobs of payments pending for too long."""
+        cfg = self.config.queue
+
+        def pusher(queue: str) -> Callable[[Sequence[bytes]], Awaitable[None]]:
+            async def push_many(raws: Sequence[bytes]) -> None:
+                await redis.lpush(queue, *raws)
+
+            return push_many
+
+        while not self.stop.is_set():
+            try:
+                if await redis.set(SWEEP_LOCK, self.id, nx=True, px=SWEEP_INTERVAL_MS):
+                    await sweep_once(store, pusher(cfg.webhooks))
+                    await sweep_pending(store, pusher(cfg.payments),
+                                        after_seconds=cfg.requeue_pending_after_seconds)
+            except (RedisError, OSError) as exc:
+                log.warning("sweeper.failed", error=f"{type(exc).__name__}: {exc}")
+            await wait_or_stop(self.stop, SWEEP_INTERVAL_MS / 1000)
+
     async def _register(self, liveness: Liveness) -> bool:
         """Recover this id's leftovers and register, waiting for Redis if it is away (the HTTP
         API already answers, /readyz with 503). False if told to stop first."""
@@ -269,7 +318,9 @@ class Daemon:
 
     async def _requeue_leftovers(self, url: str) -> None:
         """Move whatever this daemon's consumers still hold back to the front of its queue."""
-        sweeper = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5)
+        from payflow.redis_client import connect
+
+        sweeper = connect(url, single_connection=False, socket_timeout=5.0, connect_timeout=5)
         try:
             scripts = Scripts(sweeper)
             moved = 0

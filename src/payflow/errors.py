@@ -7,7 +7,10 @@
     ├── StartupError         the daemon cannot start (a busy port, Redis unreachable at start)
     ├── InvalidJob           a queue item that can never be processed: it goes to {<q>}:dead
     ├── RetryLater(delay)    a transient failure: the job is requeued through {<q>}:delayed
-    └── ValidationError      bad API input: 400/422 problem+json naming the field
+    ├── ValidationError      bad API input: 400/422 problem+json naming the field
+    ├── NotFound             the resource an API call names does not exist: 404
+    ├── Conflict             the resource is not in a state that allows the call: 409
+    └── QueueUnavailable     the job could not be queued, nothing was accepted: 503
 """
 
 from __future__ import annotations
@@ -52,3 +55,32 @@ class ValidationError(PayFlowError):
         self.param = param
         self.code = code
         self.status = status
+
+
+class NotFound(PayFlowError):
+    """``kind`` (``payment``, ``refund``, ``event``, ``webhook_endpoint``) ``resource_id`` is
+    unknown."""
+
+    def __init__(self, kind: str, resource_id: str) -> None:
+        super().__init__(f"{kind} {resource_id} not found")
+        self.kind = kind
+        self.resource_id = resource_id
+
+
+class Conflict(PayFlowError):
+    """The call does not fit the resource's current state; ``code`` is stable, ``status`` the
+    resource's current status when that is the reason."""
+
+    def __init__(self, detail: str, *, code: str, status: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+        self.status = status
+
+
+class QueueUnavailable(PayFlowError):
+    """Redis did not take the job: the request was not accepted and nothing was created."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail

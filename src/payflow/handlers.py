@@ -53,14 +53,12 @@ class PaymentHandler:
                 return Outcome(delay=[(again.encode(), delay)])
             if event is None:
                 return Outcome()
-            webhook = WebhookJob(event_type=event.type, payment_id=event.payment_id,
-                                 event=event.to_dict())
             # Logged before the push is sent so that this line always precedes the webhook
             # consumer's "Delivering webhook"; the push and the ack are one atomic step.
             log.info(f"Webhook job queued: {event.legacy_text}", event_id=event.id)
             store = self.service.store
 
-            async def record() -> None:
-                await store.add_event(event)
+            async def enqueued() -> None:  # the outbox: this event needs no sweeping
+                await store.mark_enqueued(event.id)
 
-            return Outcome(push=[webhook.encode()], after=record)
+            return Outcome(push=[WebhookJob.for_event(event).encode()], after=enqueued)

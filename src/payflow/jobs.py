@@ -5,19 +5,21 @@ Legacy text (what ``redis-cli LPUSH`` users push)::
     process_payment:<payment_id>:<method>
     webhook:<event_type>:<payment_id>
 
-JSON envelope (what PayFlow itself pushes; self-contained, so a job can be re-run after a crash
-that lost an in-memory store)::
+JSON envelope (what PayFlow itself pushes). A job names what it acts on, nothing more: amounts,
+states and event contents always come from the store, so a job pushed by hand carries no
+authority::
 
-    {"v": 1, "kind": "payment", "jid": "job_…", "attempt": 0,
-     "payment_id": "pay_…", "method": "upi", "payment": {…snapshot…}}
-    {"v": 1, "kind": "refund", "jid": "job_…", "attempt": 0,
-     "refund_id": "re_…", "payment_id": "pay_…", "refund": {…snapshot…}}
-    {"v": 1, "kind": "webhook", "jid": "job_…", "attempt": 0,
-     "event": {"id": "evt_…", "type": "payment.success", "timestamp": "…", "data": {…}},
+    {"v": 1, "kind": "payment", "jid": "job_…", "attempt": 0, "payment_id": "pay_…",
+     "method": "upi"}                        # method: creates an unknown payment (legacy)
+    {"v": 1, "kind": "refund", "jid": "job_…", "attempt": 0, "refund_id": "re_…",
+     "payment_id": "pay_…"}
+    {"v": 1, "kind": "webhook", "jid": "job_…", "attempt": 0, "event_id": "evt_…",
      "endpoint": "<endpoint id>"}            # endpoint: set on a retry aimed at one endpoint
 
-A webhook envelope may give ``"type"`` and ``"payment_id"`` instead of ``"event"``; the event is
-then derived from the store. Anything else raises :class:`InvalidJob` with the reason.
+A webhook envelope may give ``"type"`` and ``"payment_id"`` instead of ``"event_id"``, as the
+legacy text does; the event is then derived from the store. Keys of earlier versions (payment,
+refund and event snapshots) are ignored but for the event's id. Anything else raises
+:class:`InvalidJob` with the reason.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import secrets
 from typing import Any
 
 from payflow.errors import InvalidJob
-from payflow.models import ALL_EVENT_TYPES, METHODS
+from payflow.models import ALL_EVENT_TYPES, METHODS, Event
 
 _ID = r"[A-Za-z0-9_\-]{1,128}"
 _LEGACY_PAYMENT = re.compile(rf"process_payment:(?P<id>{_ID}):(?P<method>[A-Za-z_]+)")
@@ -44,8 +46,7 @@ def new_job_id() -> str:
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class PaymentJob:
     payment_id: str
-    method: str | None = None
-    payment: dict[str, Any] | None = None
+    method: str | None = None  # creates the payment when it is unknown (legacy jobs)
     attempt: int = 0
     jid: str = ""
 
@@ -58,32 +59,42 @@ class PaymentJob:
                                 "attempt": self.attempt, "payment_id": self.payment_id}
         if self.method:
             body["method"] = self.method
-        if self.payment is not None:
-            body["payment"] = self.payment
         return _dumps(body)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class WebhookJob:
-    event_type: str
-    payment_id: str
-    event: dict[str, Any] | None = None
+    """Deliver an event: named by id (``event_id``), or, in the seed's legacy form, by its
+    type and the id of its payment or refund (``subject_id``); ``endpoint`` aims it at one."""
+
+    event_id: str | None = None
+    event_type: str | None = None
+    subject_id: str | None = None
     endpoint: str | None = None
     attempt: int = 0
     jid: str = ""
 
+    @classmethod
+    def for_event(cls, event: Event, *, endpoint: str | None = None, attempt: int = 0,
+                  jid: str = "") -> WebhookJob:
+        return cls(event_id=event.id, event_type=event.type, subject_id=event.subject_id,
+                   endpoint=endpoint, attempt=attempt, jid=jid)
+
     @property
     def legacy_text(self) -> str:
-        return f"webhook:{self.event_type}:{self.payment_id}"
+        if self.event_type is None or self.subject_id is None:
+            return f"webhook:{self.event_id}"
+        return f"webhook:{self.event_type}:{self.subject_id}"
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"v": 1, "kind": "webhook", "jid": self.jid or new_job_id(),
                                 "attempt": self.attempt}
-        if self.event is not None:
-            body["event"] = self.event
-        else:
+        if self.event_id is not None:
+            body["event_id"] = self.event_id
+        if self.event_type is not None:
             body["type"] = self.event_type
-            body["payment_id"] = self.payment_id
+        if self.subject_id is not None:
+            body["payment_id"] = self.subject_id
         if self.endpoint is not None:
             body["endpoint"] = self.endpoint
         return _dumps(body)
@@ -93,7 +104,6 @@ class WebhookJob:
 class RefundJob:
     refund_id: str
     payment_id: str
-    refund: dict[str, Any] | None = None
     attempt: int = 0
     jid: str = ""
 
@@ -105,8 +115,6 @@ class RefundJob:
         body: dict[str, Any] = {"v": 1, "kind": "refund", "jid": self.jid or new_job_id(),
                                 "attempt": self.attempt, "refund_id": self.refund_id,
                                 "payment_id": self.payment_id}
-        if self.refund is not None:
-            body["refund"] = self.refund
         return _dumps(body)
 
 
@@ -142,7 +150,7 @@ def parse_job(raw: bytes, *, max_bytes: int = 65536) -> Job:
             raise InvalidJob(f"unknown payment method {method!r} (allowed: {', '.join(METHODS)})")
         return PaymentJob(payment_id=m["id"], method=method)
     if m := _LEGACY_WEBHOOK.fullmatch(text):
-        return WebhookJob(event_type=_event_type(m["type"]), payment_id=m["id"])
+        return WebhookJob(event_type=_event_type(m["type"]), subject_id=m["id"])
     raise InvalidJob(
         "unrecognised job: expected 'process_payment:<payment_id>:<method>', "
         "'webhook:<event_type>:<payment_id>' or a JSON envelope"
@@ -172,7 +180,7 @@ def _parse_envelope(text: str) -> Job:
         raise InvalidJob(f"unsupported envelope version {body.get('v')!r} (expected 1)")
     attempt = body.get("attempt", 0)
     jid = body.get("jid", "")
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 <= attempt <= 1000:
         raise InvalidJob(f"invalid attempt {attempt!r}")
     if not isinstance(jid, str):
         raise InvalidJob(f"invalid jid {jid!r}")
@@ -187,14 +195,8 @@ def _parse_envelope(text: str) -> Job:
 
 
 def _refund_envelope(body: dict[str, Any], attempt: int, jid: str) -> RefundJob:
-    refund_id = _payment_id(body.get("refund_id"))
-    payment_id = _payment_id(body.get("payment_id"))
-    snapshot = body.get("refund")
-    if snapshot is not None and (not isinstance(snapshot, dict)
-                                 or snapshot.get("id") != refund_id):
-        raise InvalidJob("refund snapshot must be an object with the job's refund_id")
-    return RefundJob(refund_id=refund_id, payment_id=payment_id, refund=snapshot,
-                     attempt=attempt, jid=jid)
+    return RefundJob(refund_id=_payment_id(body.get("refund_id")),
+                     payment_id=_payment_id(body.get("payment_id")), attempt=attempt, jid=jid)
 
 
 def _payment_envelope(body: dict[str, Any], attempt: int, jid: str) -> PaymentJob:
@@ -202,31 +204,27 @@ def _payment_envelope(body: dict[str, Any], attempt: int, jid: str) -> PaymentJo
     method = body.get("method")
     if method is not None and method not in METHODS:
         raise InvalidJob(f"unknown payment method {method!r} (allowed: {', '.join(METHODS)})")
-    snapshot = body.get("payment")
-    if snapshot is not None:
-        if not isinstance(snapshot, dict) or snapshot.get("id") != payment_id:
-            raise InvalidJob("payment snapshot must be an object with the job's payment_id")
-        method = method or snapshot.get("method")
-    return PaymentJob(payment_id=payment_id, method=method, payment=snapshot,
-                      attempt=attempt, jid=jid)
+    return PaymentJob(payment_id=payment_id, method=method, attempt=attempt, jid=jid)
 
 
 def _webhook_envelope(body: dict[str, Any], attempt: int, jid: str) -> WebhookJob:
+    """Only ids are taken from a job: the event itself always comes from the store."""
     endpoint = body.get("endpoint")
-    if endpoint is not None and not isinstance(endpoint, str):
+    if endpoint is not None and (not isinstance(endpoint, str) or not _ID_RE.fullmatch(endpoint)):
         raise InvalidJob(f"invalid endpoint {endpoint!r}")
-    event = body.get("event")
-    if event is None:
-        return WebhookJob(event_type=_event_type(body.get("type")),
-                          payment_id=_payment_id(body.get("payment_id")),
-                          endpoint=endpoint, attempt=attempt, jid=jid)
-    if not isinstance(event, dict):
-        raise InvalidJob("event must be an object")
-    data = event.get("data")
-    if not isinstance(event.get("id"), str) or not isinstance(event.get("timestamp"), str):
-        raise InvalidJob("event needs string 'id' and 'timestamp'")
-    if not isinstance(data, dict):
-        raise InvalidJob("event 'data' must be an object")
-    return WebhookJob(event_type=_event_type(event.get("type")),
-                      payment_id=_payment_id(data.get("id")), event=event,
+    event_id = body.get("event_id")
+    if event_id is None and isinstance(body.get("event"), dict):  # the earlier envelope
+        event_id = body["event"].get("id")
+    if event_id is not None:
+        if not isinstance(event_id, str) or not _ID_RE.fullmatch(event_id):
+            raise InvalidJob(f"invalid event_id {event_id!r}")
+        # The type and subject, when given, only label log lines; the event is the store's.
+        label, subject = body.get("type"), body.get("payment_id")
+        labelled = (isinstance(label, str) and label in ALL_EVENT_TYPES
+                    and isinstance(subject, str) and _ID_RE.fullmatch(subject) is not None)
+        return WebhookJob(event_id=event_id, event_type=label if labelled else None,
+                          subject_id=subject if labelled else None, endpoint=endpoint,
+                          attempt=attempt, jid=jid)
+    return WebhookJob(event_type=_event_type(body.get("type")),
+                      subject_id=_payment_id(body.get("payment_id")),
                       endpoint=endpoint, attempt=attempt, jid=jid)

@@ -152,7 +152,8 @@ class Event:
     data: dict[str, Any]
 
     @property
-    def payment_id(self) -> str:
+    def subject_id(self) -> str:
+        """The id of what the event is about: its payment, or its refund."""
         return str(self.data.get("id", ""))
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,7 +187,7 @@ class Event:
     @property
     def legacy_text(self) -> str:
         """The seed's form of this event's job, used in the console lines."""
-        return f"webhook:{self.type}:{self.payment_id}"
+        return f"webhook:{self.type}:{self.subject_id}"
 
 
 def new_refund_id() -> str:

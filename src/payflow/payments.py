@@ -11,9 +11,10 @@ import structlog
 from payflow import metrics
 from payflow.errors import InvalidJob, RetryLater
 from payflow.jobs import PaymentJob, RefundJob
-from payflow.models import Event, Payment, PaymentStatus, Refund, RefundStatus
+from payflow.models import Event, Payment, PaymentStatus, RefundStatus
 from payflow.processor import ChargeResult, Processor
-from payflow.store.base import Store
+from payflow.store.base import RefundCompletion, Transition
+from payflow.store.front import StoreFront
 
 log = structlog.get_logger("payflow.payments")
 
@@ -22,28 +23,28 @@ _PROCESSING = (PaymentStatus.PROCESSING,)
 
 
 class PaymentService:
-    def __init__(self, store: Store, processor: Processor, *, max_attempts: int = 5) -> None:
+    def __init__(self, store: StoreFront, processor: Processor, *, max_attempts: int = 5) -> None:
         self.store = store
         self.processor = processor
         self.max_attempts = max_attempts
 
     async def process(self, job: PaymentJob) -> Event | None:
-        """Take the job's payment to a terminal state. Returns the event to queue, or ``None``
-        when there is nothing to queue (canceled, or another consumer finished it first).
-        Raises :class:`RetryLater` on a transient processor failure before the last attempt."""
+        """Take the job's payment to a terminal state; its event is recorded with that state
+        (the outbox). Returns the event to queue, or ``None`` when there is nothing to queue
+        (another consumer finished it first). Raises :class:`RetryLater` on a transient
+        processor failure before the last attempt."""
         payment = await self._load(job)
         if payment.status.terminal:  # canceled included: acked without processing
-            event = Event.for_payment(payment)
-            if await self.store.get_event(event.id) is not None:
-                log.info("payment.already_done", payment_id=payment.id, status=payment.status)
-                return None
-            log.info("payment.requeue_event", payment_id=payment.id, status=payment.status)
-            return event
+            # A redelivered job (after a crash, a failover that lost the settle, or a sweep):
+            # queue its event again, as the settle that pushed it may be what was lost. A
+            # duplicate carries the same event id.
+            return await self._requeue(Event.for_payment(payment))
         if payment.status is PaymentStatus.PENDING:
-            claimed = await self.store.transition(payment.id, _PENDING, PaymentStatus.PROCESSING)
+            claimed = await self.store.transition(Transition(
+                payment_id=payment.id, expected=_PENDING, new=PaymentStatus.PROCESSING))
             if claimed is None:  # changed under us (canceled, or another consumer took it)
                 return await self.process(job)
-            payment = claimed
+            payment = claimed.payment
         # PROCESSING: ours, or left by a consumer that crashed; the processor's idempotency key
         # (the payment id) makes charging again safe.
         log.info(f"Processing payment: {payment.id}", payment_id=payment.id)
@@ -60,10 +61,20 @@ class PaymentService:
         return await self._finish(payment.id, PaymentStatus.FAILED,
                                   result.failure_code, result.failure_message)
 
+    async def _requeue(self, derived: Event) -> Event:
+        """The recorded event of a finished payment or refund (recorded now if it is not)."""
+        recorded = await self.store.get_event(derived.id)
+        if recorded is None:
+            await self.store.add_event(derived)
+        log.info("payment.already_done", event_id=derived.id,
+                 detail="a redelivered job: its event is queued again")
+        return recorded or derived
+
     async def _finish(self, payment_id: str, status: PaymentStatus, code: str | None,
                       message: str | None) -> Event | None:
-        done = await self.store.transition(payment_id, _PROCESSING, status,
-                                           failure_code=code, failure_message=message)
+        done = await self.store.transition(Transition(
+            payment_id=payment_id, expected=_PROCESSING, new=status, failure_code=code,
+            failure_message=message, emit=True))
         if done is None:  # another consumer finished it; that one queues the event
             log.info("payment.finished_elsewhere", payment_id=payment_id)
             return None
@@ -73,39 +84,30 @@ class PaymentService:
         else:
             log.info(f"PAYMENT FAILED for {payment_id}", payment_id=payment_id,
                      failure_code=code, failure_message=message)
-        return Event.for_payment(done)
+        return done.event
 
     async def _load(self, job: PaymentJob) -> Payment:
         payment = await self.store.get_payment(job.payment_id)
         if payment is not None:
             return payment
-        if job.payment is not None:  # the store lost it (restart of memory://): the snapshot
-            try:
-                snapshot = Payment.from_dict(job.payment)
-            except (KeyError, ValueError, TypeError) as exc:
-                raise InvalidJob(f"bad payment snapshot: {exc}") from None
-            log.warning("payment.restored_from_job", payment_id=job.payment_id)
-            return await self.store.create_payment(snapshot)
         if job.method is None:
-            raise InvalidJob(f"unknown payment {job.payment_id!r} and no method to create it")
+            raise InvalidJob(f"unknown payment {job.payment_id!r} (a job names a payment the "
+                             "API created, or gives a method to create one)")
         log.debug("payment.created_from_job", payment_id=job.payment_id, method=job.method)
         return await self.store.create_payment(Payment(id=job.payment_id, method=job.method))
 
     async def refund(self, job: RefundJob) -> Event | None:
-        """Take a pending refund to succeeded or failed; returns the event to queue, as
-        :meth:`process` does for payments."""
+        """Take a pending refund the API created to succeeded or failed; returns the event to
+        queue, as :meth:`process` does for payments."""
         refund = await self.store.get_refund(job.refund_id)
         if refund is None:
-            if job.refund is None:
-                raise InvalidJob(f"unknown refund {job.refund_id!r} and no snapshot")
-            try:
-                refund = await self.store.put_refund(Refund.from_dict(job.refund))
-            except (KeyError, ValueError, TypeError) as exc:
-                raise InvalidJob(f"bad refund snapshot: {exc}") from None
-            log.warning("refund.restored_from_job", refund_id=refund.id)
+            raise InvalidJob(f"unknown refund {job.refund_id!r} (refunds are created through "
+                             "the API)")
+        if refund.payment_id != job.payment_id:
+            raise InvalidJob(f"refund {refund.id} belongs to payment {refund.payment_id}, not "
+                             f"{job.payment_id!r}")
         if refund.status is not RefundStatus.PENDING:
-            event = Event.for_refund(refund)
-            return None if await self.store.get_event(event.id) is not None else event
+            return await self._requeue(Event.for_refund(refund))
         payment = await self.store.get_payment(refund.payment_id)
         if payment is None:
             raise InvalidJob(f"refund {refund.id} is for the unknown payment "
@@ -118,13 +120,13 @@ class PaymentService:
                 raise
             result = ChargeResult(False, "processor_unavailable", exc.reason)
         status = RefundStatus.SUCCEEDED if result.succeeded else RefundStatus.FAILED
-        done = await self.store.complete_refund(refund.id, status,
-                                                failure_code=result.failure_code,
-                                                failure_message=result.failure_message)
+        done = await self.store.complete_refund(RefundCompletion(
+            refund_id=refund.id, new=status, failure_code=result.failure_code,
+            failure_message=result.failure_message))
         if done is None:
             return None  # finished elsewhere
         metrics.REFUNDS.labels(status.value).inc()
         word = "SUCCESS" if result.succeeded else "FAILED"
         log.info(f"REFUND {word} for {refund.id}", refund_id=refund.id,
                  payment_id=payment.id, failure_code=result.failure_code)
-        return Event.for_refund(done)
+        return done.event

@@ -173,14 +173,19 @@ class Consumer:
             settlement.ack(raw)
         # Recording the outcome must not be interrupted half-way by a shutdown.
         await asyncio.shield(self._settle(settlement))
+        afters = []
         for _, outcome in finished:
             kind = "dead" if outcome.dead is not None else "retried" if outcome.delay else "done"
             self._counted[kind].inc()
             if outcome.after is not None:
-                try:
-                    await outcome.after()
-                except Exception:
-                    self.log.exception("queue.after_failed")
+                afters.append(outcome.after())
+        # Side by side, so that a store coalesces them into one round trip.
+        for failure in await asyncio.gather(*afters, return_exceptions=True):
+            if isinstance(failure, Exception):
+                self.log.error("queue.after_failed", error=f"{type(failure).__name__}: "
+                                                          f"{failure}")
+            elif isinstance(failure, BaseException):
+                raise failure
 
     async def _outcome(self, raw: bytes) -> Outcome:
         with self._seconds.time():

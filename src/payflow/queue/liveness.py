@@ -19,7 +19,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from payflow.errors import StartupError
+from payflow.errors import ConfigError, StartupError
 from payflow.models import now_iso
 from payflow.queue import keys
 from payflow.queue.backoff import full_jitter
@@ -35,7 +35,8 @@ REDELIVERY_MEMORY_SECONDS = 7 * 24 * 3600
 class Liveness:
     def __init__(self, redis: Redis, *, daemon_id: str, lists: Sequence[tuple[str, str]],
                  heartbeat_seconds: float, ttl_seconds: float, reap_interval: float,
-                 max_redeliveries: int, stop: asyncio.Event) -> None:
+                 max_redeliveries: int, stop: asyncio.Event, store_kind: str = "memory",
+                 store_shared: bool = False) -> None:
         self.redis = redis
         self.id = daemon_id
         self.lists = list(lists)  # (queue, processing list) of each of this daemon's consumers
@@ -46,8 +47,11 @@ class Liveness:
         self.stop = stop
         self.done = asyncio.Event()  # set after shutdown emptied this daemon's lists
         self.scripts = Scripts(redis)
+        self.store_kind = store_kind
+        self.store_shared = store_shared
         self.info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "started_at": now_iso(), "lists": self.lists})
+                                "started_at": now_iso(), "lists": self.lists,
+                                "store": store_kind, "shared": store_shared})
 
     async def start(self, *, wait_for_namesake: bool) -> None:
         """Recover what an earlier daemon of the same id left, then register. With an explicit
@@ -65,7 +69,38 @@ class Liveness:
         if previous is not None:
             requeued, dead = await self._reap(self.id, _bytes(previous))
             log.info("daemon.recovered_own", daemon_id=self.id, requeued=requeued, dead=dead)
+        await self._refuse_unshareable()
         await self.beat()
+        try:
+            await self._refuse_unshareable()  # another one may have registered meanwhile
+        except ConfigError:
+            await self.stop_beating()
+            raise
+
+    async def _refuse_unshareable(self) -> None:
+        """A store that is not shared (memory://) cannot serve two daemons on one Redis: each
+        would know only its own payments and endpoints. Refuse to start beside a live daemon
+        when either of the two has such a store."""
+        for raw_id, info in (await self.redis.hgetall(keys.DAEMONS)).items():
+            other = _bytes(raw_id).decode()
+            if other == self.id or not await self.redis.exists(keys.heartbeat(other)):
+                continue
+            try:
+                theirs = json.loads(info)
+                shared, kind = bool(theirs.get("shared")), str(theirs.get("store", "memory"))
+                if _gone(theirs):  # killed on this host: its heartbeat has not lapsed yet
+                    continue
+            except (ValueError, AttributeError):
+                shared, kind = False, "unknown"
+            if not self.store_shared:
+                raise ConfigError(
+                    f"[store] url: {self.store_kind}:// keeps state in this process, and daemon "
+                    f"{other} already runs on this Redis; configure [store] url = "
+                    '"postgresql://…" to run several daemons')
+            if not shared:
+                raise ConfigError(
+                    f"[store] url: daemon {other} runs on this Redis with the {kind}:// store, "
+                    "which cannot be shared; stop it or configure it with postgresql:// too")
 
     async def beat(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -146,3 +181,17 @@ class Liveness:
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+
+def _gone(info: dict[str, object]) -> bool:
+    """A registered daemon of this host whose process no longer exists."""
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -22,12 +22,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from payflow.config import ApiKeyConfig
-from payflow.errors import ValidationError
+from payflow.errors import PayFlowError
+from payflow.intake import Payments
 from payflow.store.base import Store
 from payflow.web import endpoints, events, health, openapi, payments, problems, refunds
 from payflow.web.auth import auth_middleware
+from payflow.web.body import BODY_SECONDS_KEY
 from payflow.web.idempotency import Idempotency
 from payflow.web.idempotency import middleware as idempotency_middleware
+from payflow.web.server import guard_of
+from payflow.webhooks.admin import Webhooks
 
 log = structlog.get_logger("payflow.web")
 
@@ -50,8 +54,7 @@ class WebContext:
     # LPUSH onto the webhook queue (event retries, endpoint recovery); None: not offered.
     enqueue_webhook: Callable[[bytes], Awaitable[None]] | None = None
     max_body_bytes: int = 65536
-    # The largest job the consumers accept: a request whose job would be larger is refused.
-    max_job_bytes: int = 1048576
+    body_seconds: float = 30.0  # a request body must arrive within this
     # How long a rotated-out endpoint secret keeps signing.
     rotation_grace_hours: float = 24.0
     # API keys; none: the API is open.
@@ -61,6 +64,16 @@ class WebContext:
     idempotency: Idempotency | None = None
     # Set => every request but /healthz gets 503 (shutdown).
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # The core services the routes call (built from the above).
+    payments: Payments = field(init=False)
+    webhooks: Webhooks = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payments", Payments(
+            self.store, push_payment=self.enqueue_payment, push_webhook=self.enqueue_webhook))
+        object.__setattr__(self, "webhooks", Webhooks(
+            self.store, push_webhook=self.enqueue_webhook,
+            rotation_grace_hours=self.rotation_grace_hours))
 
 
 CTX_KEY: Final = web.AppKey("ctx", WebContext)
@@ -76,6 +89,7 @@ def create_app(ctx: WebContext) -> web.Application:
         middlewares.append(idempotency_middleware(ctx.idempotency))
     app = web.Application(client_max_size=ctx.max_body_bytes, middlewares=middlewares)
     app[CTX_KEY] = ctx
+    app[BODY_SECONDS_KEY] = ctx.body_seconds
     payments.add_routes(app, ctx)
     refunds.add_routes(app, ctx)
     endpoints.add_routes(app, ctx)
@@ -100,8 +114,15 @@ def _incoming_request_id(value: str | None) -> str:
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = _incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
     request[REQUEST_ID_KEY] = request_id
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
-        return await _guarded(request, handler, request_id)
+    connection = guard_of(request)
+    if connection is not None:
+        connection.request_started()
+    try:
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            return await _guarded(request, handler, request_id)
+    finally:
+        if connection is not None:
+            connection.request_finished()
 
 
 async def _guarded(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
@@ -115,8 +136,10 @@ async def _guarded(request: web.Request, handler: Handler, request_id: str) -> w
         return await handler(request)
     except problems.Problem as exc:
         problem = exc
-    except ValidationError as exc:
-        problem = problems.from_validation_error(exc)
+    except PayFlowError as exc:
+        if (found := problems.from_error(exc)) is None:
+            raise
+        problem = found
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

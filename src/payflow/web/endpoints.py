@@ -3,7 +3,6 @@ rotate the secret, and recover what an endpoint missed."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -11,15 +10,11 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from payflow import metrics
 from payflow.errors import ValidationError
-from payflow.jobs import WebhookJob
-from payflow.models import ALL_EVENT_TYPES, EndpointSecret, WebhookEndpoint, iso, now_iso
+from payflow.models import ALL_EVENT_TYPES, iso
 from payflow.web import problems
+from payflow.web.body import read_json_object
 from payflow.web.params import parse_time, reject_unknown
-from payflow.web.payments import ENQUEUE_ERRORS, read_json_object
-from payflow.webhooks import endpoints as eps
-from payflow.webhooks.signing import new_secret
 
 if TYPE_CHECKING:
     from payflow.web.app import WebContext
@@ -89,95 +84,47 @@ def _fields(body: dict[str, object], *, creating: bool) -> dict[str, Any]:
 
 class _Handlers:
     def __init__(self, ctx: WebContext) -> None:
-        self.ctx = ctx
-
-    async def _endpoint(self, request: web.Request) -> WebhookEndpoint:
-        endpoint_id = request.match_info["id"]
-        endpoint = await self.ctx.store.get_endpoint(endpoint_id)
-        if endpoint is None:
-            raise problems.resource_not_found("webhook_endpoint", endpoint_id)
-        return endpoint
+        self.webhooks = ctx.webhooks
 
     async def create(self, request: web.Request) -> web.Response:
         fields = _fields(await read_json_object(request), creating=True)
-        secret = new_secret()
-        endpoint = WebhookEndpoint(id=eps.new_endpoint_id(), secrets=(EndpointSecret(
-            secret=secret),), **fields)
-        await self.ctx.store.put_endpoint(endpoint)
-        log.info("webhook.endpoint_created", endpoint=endpoint.id, url=endpoint.url)
+        endpoint, secret = await self.webhooks.create_endpoint(fields)
         return problems.json_response({**endpoint.to_dict(), "secret": secret}, status=201,
                                       headers={"Location": f"{PATH}/{endpoint.id}"})
 
     async def list(self, request: web.Request) -> web.Response:
-        data = [ep.to_dict() for ep in await self.ctx.store.list_endpoints()]
+        data = [ep.to_dict() for ep in await self.webhooks.endpoints()]
         return problems.json_response({"object": "list", "data": data, "has_more": False})
 
     async def retrieve(self, request: web.Request) -> web.Response:
-        return problems.json_response((await self._endpoint(request)).to_dict())
+        return problems.json_response(
+            (await self.webhooks.endpoint(request.match_info["id"])).to_dict())
 
     async def update(self, request: web.Request) -> web.Response:
-        endpoint = await self._endpoint(request)
+        endpoint_id = request.match_info["id"]
+        await self.webhooks.endpoint(endpoint_id)  # 404 before a 4xx about the body
         fields = _fields(await read_json_object(request), creating=False)
-        if fields.get("disabled") is False:  # re-enabled: a clean slate
-            fields.update(disabled_reason=None, failing_since=None)
-        elif fields.get("disabled") is True and not endpoint.disabled:
-            fields["disabled_reason"] = "disabled through the API"
-            metrics.ENDPOINTS_DISABLED.labels("api").inc()
-        updated = dataclasses.replace(endpoint, updated_at=now_iso(), **fields)
-        await self.ctx.store.put_endpoint(updated)
-        log.info("webhook.endpoint_updated", endpoint=endpoint.id, fields=sorted(fields))
+        updated = await self.webhooks.update_endpoint(endpoint_id, fields)
         return problems.json_response(updated.to_dict())
 
     async def delete(self, request: web.Request) -> web.Response:
-        endpoint = await self._endpoint(request)
-        await self.ctx.store.delete_endpoint(endpoint.id)
-        log.info("webhook.endpoint_deleted", endpoint=endpoint.id)
-        return problems.json_response({"id": endpoint.id, "object": "webhook_endpoint",
+        endpoint_id = request.match_info["id"]
+        await self.webhooks.delete_endpoint(endpoint_id)
+        return problems.json_response({"id": endpoint_id, "object": "webhook_endpoint",
                                        "deleted": True})
 
     async def rotate(self, request: web.Request) -> web.Response:
-        endpoint = await self._endpoint(request)
-        rotated, secret = await eps.rotate_secret(self.ctx.store, endpoint,
-                                                  grace_hours=self.ctx.rotation_grace_hours)
+        rotated, secret = await self.webhooks.rotate_secret(request.match_info["id"])
         previous = [s.expires_at for s in rotated.secrets[1:]]
         return problems.json_response({**rotated.to_dict(), "secret": secret,
                                        "previous_secrets_expire_at": previous})
 
     async def recover(self, request: web.Request) -> web.Response:
-        endpoint = await self._endpoint(request)
-        if endpoint.disabled:
-            raise problems.conflict(f"The endpoint {endpoint.id} is disabled "
-                                    f"({endpoint.disabled_reason}); enable it first with "
-                                    f"PATCH {PATH}/{endpoint.id} {{\"disabled\": false}}.",
-                                    code="endpoint_disabled")
+        endpoint_id = request.match_info["id"]
         raw_since = request.query.get("since")
         since = (parse_time(raw_since, "since", status=422) if raw_since is not None
                  else iso(datetime.now(UTC) - timedelta(hours=24)))
-        last: dict[str, str] = {}  # event id -> outcome of its latest attempt at this endpoint
-        for attempt in await self.ctx.store.attempts_since(endpoint.id, since):
-            last[attempt.event_id] = attempt.outcome
-        missed = [event_id for event_id, outcome in last.items() if outcome in RECOVERABLE]
-        queued = []
-        for event_id in missed:
-            event = await self.ctx.store.get_event(event_id)
-            if event is None:
-                continue
-            job = WebhookJob(event_type=event.type, payment_id=event.payment_id,
-                             event=event.to_dict(), endpoint=endpoint.id)
-            await enqueue_webhook(self.ctx, job.encode())
-            queued.append(event_id)
-        log.info("webhook.endpoint_recovered", endpoint=endpoint.id, since=since,
-                 requeued=len(queued))
-        return problems.json_response({"object": "recovery", "endpoint_id": endpoint.id,
+        queued = await self.webhooks.recover(endpoint_id, since)
+        return problems.json_response({"object": "recovery", "endpoint_id": endpoint_id,
                                        "since": since, "requeued": len(queued),
                                        "event_ids": queued}, status=202)
-
-
-async def enqueue_webhook(ctx: WebContext, raw: bytes) -> None:
-    if ctx.enqueue_webhook is None:
-        raise problems.queue_unavailable("Webhook jobs cannot be queued from this server.")
-    try:
-        await ctx.enqueue_webhook(raw)
-    except ENQUEUE_ERRORS:
-        raise problems.queue_unavailable("The webhook job could not be queued; retry shortly.") \
-            from None

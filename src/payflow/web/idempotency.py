@@ -31,6 +31,7 @@ from multidict import CIMultiDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from payflow.errors import PayFlowError
 from payflow.web import problems
 from payflow.web.keys import API_KEY_NAME
 
@@ -100,9 +101,11 @@ class Idempotency:
                    fp: str) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except problems.Problem as exc:
-            outcome = _problem_record(fp, exc) if exc.status in _STORED_ERRORS else None
-            await self._finish(redis_key, lock, outcome)
+        except (problems.Problem, PayFlowError) as exc:
+            problem = exc if isinstance(exc, problems.Problem) else problems.from_error(exc)
+            keep = problem is not None and problem.status in _STORED_ERRORS
+            await self._finish(redis_key, lock, _problem_record(fp, problem) if keep and problem
+                               else None)
             raise
         except BaseException:
             await self._finish(redis_key, lock, None)

@@ -16,7 +16,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from payflow import __version__, metrics
-from payflow.models import PaymentStatus
+from payflow.models import ALL_EVENT_TYPES, PaymentStatus
 from payflow.web.openapi_schemas import headers, parameters, ref, schemas
 from payflow.web.problems import JSON_CONTENT_TYPE, PROBLEM_CONTENT_TYPE, dumps
 
@@ -253,7 +253,10 @@ def _payment_paths() -> Doc:
              503: ["queue_unavailable: the job could not be queued; nothing was kept."]},
             body=_body_of("RefundCreate", required=False,
                           description="Optional; no body refunds everything left."),
-            idempotent_post=True)},
+            idempotent_post=True),
+            "get": _operation("listPaymentRefunds", "List a payment's refunds", "refunds",
+                              {200: _json("RefundList", "Every refund, oldest first.")},
+                              {404: [not_found]})},
         "/v1/refunds/{refund_id}": {
             "parameters": [_path_param("refund_id", "The refund's id (re_...).")],
             "get": _operation("getRefund", "Read a refund", "refunds",
@@ -323,8 +326,12 @@ def _event_paths() -> Doc:
         "/v1/events": {"get": _operation(
             "listEvents", "List events, newest first", "events",
             {200: _json("EventList", "A page of events.")},
-            {400: ["out_of_range: limit is not 1-100 (param: limit)."]},
-            params=("Limit", "StartingAfter"))},
+            {400: ["out_of_range: limit is not 1-100 (param: limit); invalid_type: type is "
+                   "not an event type (param: type)."]},
+            params=("Limit", "StartingAfter"),
+            query=({"name": "type", "in": "query", "required": False,
+                    "description": "Only events of this type.",
+                    "schema": {"type": "string", "enum": list(ALL_EVENT_TYPES)}},))},
         "/v1/events/{id}": {"parameters": event_id, "get": _operation(
             "getEvent", "Read an event", "events", {200: _json("Event", "The event.")},
             {404: [not_found]})},

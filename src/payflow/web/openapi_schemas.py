@@ -328,6 +328,7 @@ def schemas() -> dict[str, Schema]:
                                  "endpoint_id": nullable(string()), "queued": const(True)}),
         "DeliveryAttempt": _attempt(),
         "DeliveryAttemptList": list_of("DeliveryAttempt", paged=False),
+        "RefundList": list_of("Refund", paged=False),
         "Health": obj({"status": const("ok")}),
         "Ready": obj({"status": const("ready")}),
         "Problem": _problem(),

@@ -15,7 +15,7 @@ def page_limit(request: web.Request, default: int = 10) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
         raise ValidationError("limit must be an integer from 1 to 100.", param="limit",
                               code="out_of_range", status=400)
     return int(raw)
@@ -32,6 +32,8 @@ def parse_time(raw: str, name: str, *, status: int) -> str:
     ``ValidationError`` (``invalid_time``) with ``status``."""
     try:
         if raw.isascii() and raw.isdigit():
+            if len(raw) > 12:  # past the year 33658: and int() refuses 4,300+ digits
+                raise ValueError(raw)
             return iso(datetime.fromtimestamp(int(raw), UTC))
         moment = parse_iso(raw)
         if moment.tzinfo is not None:

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from payflow.errors import ValidationError
+from payflow.errors import Conflict, NotFound, PayFlowError, QueueUnavailable, ValidationError
 
 PROBLEM_BASE: Final = "https://payflow.dev/problems/"
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
@@ -89,6 +89,19 @@ def json_response(
 
 
 # --- the problems the API answers -----------------------------------------------------------
+
+
+def from_error(exc: PayFlowError) -> Problem | None:
+    """The problem of a core service's error (None: not an API error)."""
+    if isinstance(exc, ValidationError):
+        return from_validation_error(exc)
+    if isinstance(exc, NotFound):
+        return resource_not_found(exc.kind, exc.resource_id)
+    if isinstance(exc, Conflict):
+        return conflict(exc.detail, code=exc.code, status=exc.status)
+    if isinstance(exc, QueueUnavailable):
+        return queue_unavailable(exc.detail)
+    return None
 
 
 def from_validation_error(exc: ValidationError) -> Problem:
@@ -191,7 +204,7 @@ def conflict(detail: str, *, code: str, status: str | None = None) -> Problem:
 
 
 
-def job_too_large(size: int, limit: int) -> Problem:
-    return Problem(413, "job-too-large", "Request too large to queue",
-                   f"The job this request makes would be {size} bytes, over the queue's limit "
-                   f"of {limit} bytes ([queue] max_job_bytes).", code="job_too_large")
+def body_timeout() -> Problem:
+    return Problem(408, "request-timeout", "Request timeout",
+                   "The request body did not arrive in time.", code="body_timeout",
+                   headers={"Connection": "close"})

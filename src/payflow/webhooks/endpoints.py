@@ -15,6 +15,7 @@ from payflow import metrics
 from payflow.config import EndpointConfig
 from payflow.models import EndpointSecret, WebhookEndpoint, iso, now_iso, parse_iso
 from payflow.store.base import Store
+from payflow.store.front import StoreFront
 from payflow.webhooks.signing import new_secret
 
 log = structlog.get_logger("payflow.webhooks")
@@ -41,7 +42,7 @@ async def seed_endpoints(store: Store, configured: Iterable[EndpointConfig]) -> 
     (disabled or not, rotated secrets) but takes the configured events and description."""
     for cfg in configured:
         endpoint = from_config(cfg)
-        known = await store.get_endpoint(endpoint.id)
+        known = (await store.get_endpoints([endpoint.id])).get(endpoint.id)
         if known is not None:
             endpoint = dataclasses.replace(known, enabled_events=endpoint.enabled_events,
                                            description=endpoint.description)
@@ -68,19 +69,20 @@ async def rotate_secret(store: Store, endpoint: WebhookEndpoint, *,
     return rotated, secret
 
 
-async def record_success(store: Store, endpoint_id: str) -> None:
-    endpoint = await store.get_endpoint(endpoint_id)
+async def record_success(front: StoreFront, endpoint_id: str) -> None:
+    endpoint = await front.get_endpoint(endpoint_id)
     if endpoint is not None and endpoint.failing_since is not None:
-        await store.put_endpoint(dataclasses.replace(endpoint, failing_since=None))
+        await front.store.put_endpoint(dataclasses.replace(endpoint, failing_since=None))
 
 
-async def record_failure(store: Store, endpoint_id: str, *,
+async def record_failure(front: StoreFront, endpoint_id: str, *,
                          disable_after: timedelta) -> WebhookEndpoint | None:
     """Note a failed attempt; disable the endpoint once it has failed without a success for
     ``disable_after``. Returns the endpoint if this call disabled it."""
-    endpoint = await store.get_endpoint(endpoint_id)
+    endpoint = await front.get_endpoint(endpoint_id)
     if endpoint is None or endpoint.disabled:
         return None
+    store = front.store
     if endpoint.failing_since is None:
         await store.put_endpoint(dataclasses.replace(endpoint, failing_since=now_iso()))
         return None

@@ -1,11 +1,12 @@
 """The webhook consumer's handler: one webhook job in, deliveries out, failures rescheduled.
 
-A job without an endpoint fans out to every enabled endpoint subscribed to the event (or to the
-log sink when there is no endpoint at all); an endpoint that fails gets its own retry job, aimed
-at it alone, so each (event, endpoint) pair is retried independently, on the schedule of
-:class:`RetryPolicy`. Every attempt is recorded in the store. After the last attempt, or when
-the SSRF guard refuses the address, the pair is dead-lettered in ``{webhook_jobs}:dead``; a
-``410 Gone`` disables the endpoint.
+A job without an endpoint fans out to every enabled endpoint subscribed to the event, and to
+the log sink when it is configured (never as a fallback: an event nobody subscribes to stays
+recorded in the store, and an endpoint created later can recover it); an endpoint that fails
+gets its own retry job, aimed at it alone, so each (event, endpoint) pair is retried
+independently, on the schedule of :class:`RetryPolicy`. Every attempt is recorded in the store.
+After the last attempt, or when the SSRF guard refuses the address, the pair is dead-lettered in
+``{webhook_jobs}:dead``; a ``410 Gone`` disables the endpoint.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from payflow.models import (
     now_iso,
 )
 from payflow.queue.consumer import Outcome
-from payflow.store.base import Store
+from payflow.store.front import StoreFront
 from payflow.webhooks import endpoints as eps
 from payflow.webhooks.delivery import Attempt, HttpDelivery, LogSink
 
@@ -59,12 +60,12 @@ class RetryPolicy:
 
 
 class WebhookHandler:
-    def __init__(self, *, store: Store, http: HttpDelivery | None, sink: LogSink,
+    def __init__(self, *, store: StoreFront, http: HttpDelivery | None, sink: LogSink | None,
                  policy: RetryPolicy, max_job_bytes: int,
                  disable_after: timedelta = timedelta(hours=120)) -> None:
         self.store = store
         self.http = http
-        self.sink = sink
+        self.sink = sink  # None: the log sink is not configured
         self.policy = policy
         self.max_job_bytes = max_job_bytes
         self.disable_after = disable_after
@@ -76,20 +77,23 @@ class WebhookHandler:
             return Outcome(push=[raw])
         event = await self._event(job)
         with structlog.contextvars.bound_contextvars(event_id=event.id,
-                                                     payment_id=job.payment_id):
+                                                     payment_id=event.subject_id):
             return await self._deliver_all(job, event)
 
     async def _deliver_all(self, job: WebhookJob, event: Event) -> Outcome:
         targets, skipped = await self._targets(job, event)
         attempt_no = job.attempt + 1
-        log.info(f"Delivering webhook: {job.legacy_text}", attempt=attempt_no,
+        text = event.legacy_text
+        log.info(f"Delivering webhook: {text}", attempt=attempt_no,
                  endpoints=[t.id if t else SINK for t in targets])
         for off in skipped:
             await self._record(event, off.id, attempt_no, "skipped",
                                Attempt(ok=False, error="endpoint disabled"))
         if not targets:
             if not skipped:
-                log.info("webhook.no_subscribers", event_type=event.type)
+                log.info("webhook.no_subscribers", event_type=event.type,
+                         detail="the event is recorded; an endpoint created later can "
+                                "recover it")
             return Outcome()
         if len(targets) == 1:  # the common case: no task to create
             attempts = [await self._deliver(targets[0], event)]
@@ -100,34 +104,37 @@ class WebhookHandler:
         for endpoint, attempt in zip(targets, attempts, strict=True):
             ep_id = endpoint.id if endpoint else SINK
             if attempt.ok:
-                log.info(f"Webhook delivered: {job.legacy_text}", endpoint=ep_id,
+                log.info(f"Webhook delivered: {text}", endpoint=ep_id,
                          status=attempt.status, latency_ms=round(attempt.latency_ms, 1))
                 await self._record(event, ep_id, attempt_no, "succeeded", attempt)
-                await eps.record_success(self.store, ep_id)
+                if endpoint is not None and endpoint.failing_since is not None:
+                    await eps.record_success(self.store, ep_id)
                 continue
             verdict = await self._failed(job, event, endpoint, attempt)
-            if isinstance(verdict, str):
-                dead.append((self._job_for(job, event, ep_id, attempt_no), verdict))
+            retry = WebhookJob.for_event(event, endpoint=ep_id, attempt=attempt_no,
+                                         jid=job.jid).encode()
+            if isinstance(verdict, Dead):
+                dead.append((retry, verdict.reason))
             elif verdict is not None:
-                delay.append((self._job_for(job, event, ep_id, attempt_no), verdict))
+                delay.append((retry, verdict))
         if len(dead) == 1 and not delay and job.endpoint is not None:
             return Outcome(dead=dead[0][1])  # this job was aimed at that endpoint alone
         return Outcome(delay=delay, dead_jobs=dead)
 
     async def _failed(self, job: WebhookJob, event: Event, endpoint: WebhookEndpoint | None,
-                      attempt: Attempt) -> float | str | None:
-        """Decide what a failed attempt leads to: a delay (seconds), death (the reason), or
+                      attempt: Attempt) -> float | Dead | None:
+        """Decide what a failed attempt leads to: a retry in so many seconds, death, or
         nothing (the endpoint is disabled; ``recover`` replays it)."""
         ep_id = endpoint.id if endpoint else SINK
         attempt_no = job.attempt + 1
-        text = job.legacy_text
+        text = event.legacy_text
         if attempt.refused:
             log.error(f"Webhook refused: {text}", endpoint=ep_id, reason=attempt.reason)
             await self._record(event, ep_id, attempt_no, "refused", attempt)
-            return f"refused: {attempt.reason}"
+            return Dead(f"refused: {attempt.reason}")
         if endpoint is not None and attempt.gone:
             await self._record(event, ep_id, attempt_no, "disabled", attempt)
-            await eps.disable(self.store, endpoint, "the endpoint answered 410 Gone",
+            await eps.disable(self.store.store, endpoint, "the endpoint answered 410 Gone",
                               cause="gone")
             return None
         disabled = None
@@ -141,7 +148,7 @@ class WebhookHandler:
             log.error(f"Webhook failed permanently: {text}", endpoint=ep_id,
                       attempts=attempt_no, reason=attempt.reason)
             await self._record(event, ep_id, attempt_no, "dead", attempt)
-            return f"gave up after {attempt_no} attempts: {attempt.reason}"
+            return Dead(f"gave up after {attempt_no} attempts: {attempt.reason}")
         seconds = (self.policy.retry_after(attempt.retry_after)
                    if attempt.retry_after is not None else self.policy.delay(attempt_no))
         log.warning(f"Webhook delivery failed: {text}", endpoint=ep_id, attempt=attempt_no,
@@ -162,58 +169,69 @@ class WebhookHandler:
             error=attempt.error, latency_ms=attempt.latency_ms, response_body=attempt.body,
             next_retry_at=next_retry_at))
 
-    @staticmethod
-    def _job_for(job: WebhookJob, event: Event, ep: str, attempt: int) -> bytes:
-        return WebhookJob(event_type=event.type, payment_id=job.payment_id,
-                          event=event.to_dict(), endpoint=ep, attempt=attempt,
-                          jid=job.jid).encode()
-
     async def _targets(self, job: WebhookJob, event: Event
                        ) -> tuple[list[WebhookEndpoint | None], list[WebhookEndpoint]]:
         """(endpoints to deliver to, ``None`` meaning the log sink; subscribed endpoints that
         are disabled)."""
         if job.endpoint == SINK:
-            return [None], []
+            return ([None] if self.sink is not None else []), []
         if job.endpoint is not None:
             endpoint = await self.store.get_endpoint(job.endpoint)
             if endpoint is None:
-                raise InvalidJob(f"endpoint {job.endpoint!r} no longer exists")
+                raise InvalidJob(f"endpoint {job.endpoint!r} does not exist")
+            if not endpoint.subscribed(event.type):
+                raise InvalidJob(f"endpoint {endpoint.id} is not subscribed to {event.type}")
             return ([], [endpoint]) if endpoint.disabled else ([endpoint], [])
-        everyone = await self.store.list_endpoints()
-        if not everyone:
-            return [None], []
-        subscribed = [ep for ep in everyone if ep.subscribed(event.type)]
-        return ([ep for ep in subscribed if not ep.disabled],
-                [ep for ep in subscribed if ep.disabled])
+        subscribed = [ep for ep in await self.store.list_endpoints()
+                      if ep.subscribed(event.type)]
+        targets: list[WebhookEndpoint | None] = [ep for ep in subscribed if not ep.disabled]
+        if self.sink is not None:
+            targets.append(None)
+        return targets, [ep for ep in subscribed if ep.disabled]
 
     async def _deliver(self, endpoint: WebhookEndpoint | None, event: Event) -> Attempt:
-        if endpoint is None or self.http is None:
+        if endpoint is None:
+            assert self.sink is not None
             return await self.sink.deliver(event)
+        if self.http is None:
+            return Attempt(ok=False, error="HTTP delivery is not available here")
         return await self.http.deliver(endpoint, event)
 
     async def _event(self, job: WebhookJob) -> Event:
-        if job.event is not None:
-            try:
-                event = Event.from_dict(job.event)
-            except (KeyError, TypeError) as exc:
-                raise InvalidJob(f"bad event in job: {exc}") from None
+        """The job's event, from the store: a job names an event, it never supplies one."""
+        if job.event_id is not None:
+            event = await self.store.get_event(job.event_id)
+            if event is None:
+                raise InvalidJob(f"unknown event {job.event_id!r}")
+            return event
+        assert job.event_type is not None and job.subject_id is not None
+        return await self._derive(job.event_type, job.subject_id)
+
+    async def _derive(self, event_type: str, subject_id: str) -> Event:
+        """A legacy job names only the type and the payment (or refund): its event is the one
+        recorded for that transition, or derived from the current state when that state is
+        the one the type names; anything else is not true and is dead-lettered."""
+        stored = await self.store.get_event(event_id_for(subject_id, event_type))
+        if stored is not None:
+            return stored
+        event: Event | None = None
+        if event_type in REFUND_EVENT_TYPES.values():
+            refund = await self.store.get_refund(subject_id)
+            if refund is not None and REFUND_EVENT_TYPES.get(refund.status) == event_type:
+                event = Event.for_refund(refund)
         else:
-            event = await self._derive(job)
-        await self.store.add_event(event)  # no-op when known; makes it visible in /v1/events
+            payment = await self.store.get_payment(subject_id)
+            if payment is not None and payment.status is STATUS_OF_EVENT.get(event_type):
+                event = Event.for_payment(payment)
+        if event is None:
+            raise InvalidJob(f"no {event_type} event for {subject_id!r}: the store does not "
+                             "have it in that state")
+        await self.store.add_event(event)
         return event
 
-    async def _derive(self, job: WebhookJob) -> Event:
-        """A legacy job names only the type and the payment: derive the event, with the same id
-        the payment's own transition gives it."""
-        event_id = event_id_for(job.payment_id, job.event_type)
-        if (stored := await self.store.get_event(event_id)) is not None:
-            return stored
-        refund = await self.store.get_refund(job.payment_id)
-        if refund is not None and refund.status in REFUND_EVENT_TYPES and \
-                REFUND_EVENT_TYPES[refund.status] == job.event_type:
-            return Event.for_refund(refund)
-        payment = await self.store.get_payment(job.payment_id)
-        if payment is not None and payment.status is STATUS_OF_EVENT.get(job.event_type):
-            return Event.for_payment(payment)
-        data = payment.to_dict() if payment is not None else {"id": job.payment_id}
-        return Event(id=event_id, type=job.event_type, timestamp=now_iso(), data=data)
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dead:
+    """A failed attempt after which the delivery is dead-lettered, and why."""
+
+    reason: str

@@ -1,0 +1,57 @@
+"""Pushing the API's jobs: concurrent pushes share one round trip, and a failure says whether
+the job may have reached Redis.
+
+Every push onto a queue made in the same loop iteration goes out as one ``LPUSH`` with many
+values (a :class:`~payflow.store.front.Coalescer`), on one connection this producer owns, so a
+thousand concurrent requests never need a thousand connections. A push fails with
+:class:`NotSent` when the connection could not even be made (Redis is away: nothing happened),
+and with :class:`Uncertain` when the command was sent but no answer came (Redis stalled or went
+away mid-command: the job may be queued, or not). The caller keeps what it stored in the second
+case; the sweeper re-queues a payment whose job was lost, and a duplicate job is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from payflow.store.front import Coalescer
+
+ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class NotSent(Exception):
+    """Redis could not be reached: the push did not happen."""
+
+
+class Uncertain(Exception):
+    """The push was sent but its answer was lost: it may have happened."""
+
+
+class Producer:
+    def __init__(self, redis: Redis, queues: Sequence[str]) -> None:
+        """``redis``: a single-connection client without retries (a retry could send twice
+        and hide which attempt was lost)."""
+        self.redis = redis
+        self._pushers = {queue: Coalescer(self._lpush(queue)) for queue in queues}
+
+    def _lpush(self, queue: str) -> Callable[[list[bytes]], Awaitable[list[None]]]:
+        async def run(raws: list[bytes]) -> list[None]:
+            connection = self.redis.connection
+            try:
+                if connection is not None:
+                    await connection.connect()  # type: ignore[no-untyped-call]  # no-op if connected
+            except ERRORS as exc:
+                raise NotSent(f"{type(exc).__name__}: {exc}") from exc
+            try:
+                await self.redis.lpush(queue, *raws)
+            except ERRORS as exc:
+                raise Uncertain(f"{type(exc).__name__}: {exc}") from exc
+            return [None] * len(raws)
+
+        return run
+
+    async def push(self, queue: str, raw: bytes) -> None:
+        await self._pushers[queue](raw)

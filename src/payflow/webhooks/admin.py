@@ -1,0 +1,147 @@
+"""The rules of the webhooks API, for every caller: endpoints (create, update, delete, rotate the
+secret, recover what one missed) and events (read, attempts, deliver again).
+
+Raises :class:`NotFound`, :class:`Conflict`, :class:`QueueUnavailable`; never a Redis or
+database error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Final
+
+import structlog
+
+from payflow import metrics
+from payflow.errors import Conflict, NotFound, QueueUnavailable
+from payflow.intake import Push, push_or_refuse
+from payflow.jobs import WebhookJob
+from payflow.models import DeliveryAttempt, EndpointSecret, Event, WebhookEndpoint, now_iso
+from payflow.store.base import Store
+from payflow.webhooks import endpoints as eps
+from payflow.webhooks.signing import new_secret
+
+log = structlog.get_logger("payflow.webhooks")
+
+# An event needs recovering at an endpoint unless its latest attempt there succeeded or is
+# still scheduled.
+SETTLED: Final = frozenset({"succeeded", "retrying"})
+RECOVER_LIMIT: Final = 10_000  # events looked at per recovery
+_PAGE: Final = 500
+
+
+class Webhooks:
+    def __init__(self, store: Store, *, push_webhook: Push | None,
+                 rotation_grace_hours: float) -> None:
+        self.store = store
+        self.push_webhook = push_webhook
+        self.rotation_grace_hours = rotation_grace_hours
+
+    # --- endpoints -----------------------------------------------------------------------
+
+    async def endpoint(self, endpoint_id: str) -> WebhookEndpoint:
+        found = await self.store.get_endpoints([endpoint_id])
+        if endpoint_id not in found:
+            raise NotFound("webhook_endpoint", endpoint_id)
+        return found[endpoint_id]
+
+    async def endpoints(self) -> list[WebhookEndpoint]:
+        return await self.store.list_endpoints()
+
+    async def create_endpoint(self, fields: dict[str, Any]) -> tuple[WebhookEndpoint, str]:
+        """A new endpoint and its signing secret (shown once)."""
+        secret = new_secret()
+        endpoint = WebhookEndpoint(id=eps.new_endpoint_id(),
+                                   secrets=(EndpointSecret(secret=secret),), **fields)
+        await self.store.put_endpoint(endpoint)
+        log.info("webhook.endpoint_created", endpoint=endpoint.id, url=endpoint.url)
+        return endpoint, secret
+
+    async def update_endpoint(self, endpoint_id: str, fields: dict[str, Any]) -> WebhookEndpoint:
+        endpoint = await self.endpoint(endpoint_id)
+        if fields.get("disabled") is False:  # re-enabled: a clean slate
+            fields = {**fields, "disabled_reason": None, "failing_since": None}
+        elif fields.get("disabled") is True and not endpoint.disabled:
+            fields = {**fields, "disabled_reason": "disabled through the API"}
+            metrics.ENDPOINTS_DISABLED.labels("api").inc()
+        updated = dataclasses.replace(endpoint, updated_at=now_iso(), **fields)
+        await self.store.put_endpoint(updated)
+        log.info("webhook.endpoint_updated", endpoint=endpoint.id, fields=sorted(fields))
+        return updated
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        if not await self.store.delete_endpoint(endpoint_id):
+            raise NotFound("webhook_endpoint", endpoint_id)
+        log.info("webhook.endpoint_deleted", endpoint=endpoint_id)
+
+    async def rotate_secret(self, endpoint_id: str) -> tuple[WebhookEndpoint, str]:
+        endpoint = await self.endpoint(endpoint_id)
+        return await eps.rotate_secret(self.store, endpoint,
+                                       grace_hours=self.rotation_grace_hours)
+
+    async def recover(self, endpoint_id: str, since: str) -> list[str]:
+        """Queue again, for this endpoint, every event since ``since`` it subscribes to whose
+        latest attempt there did not succeed and is not scheduled: dead, refused, skipped
+        while disabled, or never tried (the event came before the endpoint existed, or when
+        no endpoint subscribed). Returns the event ids queued."""
+        endpoint = await self.endpoint(endpoint_id)
+        if endpoint.disabled:
+            raise Conflict(f"The endpoint {endpoint.id} is disabled "
+                           f"({endpoint.disabled_reason}); enable it first with "
+                           f'PATCH /v1/webhook_endpoints/{endpoint.id} {{"disabled": false}}.',
+                           code="endpoint_disabled")
+        last: dict[str, str] = {}  # event id -> outcome of its latest attempt here
+        for attempt in await self.store.attempts_since(endpoint.id, since):
+            last[attempt.event_id] = attempt.outcome
+        missed: list[Event] = []
+        cursor: str | None = None
+        seen = 0
+        while seen < RECOVER_LIMIT:
+            page = await self.store.list_events(limit=_PAGE, starting_after=cursor,
+                                                created_gte=since)
+            missed += [e for e in page if endpoint.subscribed(e.type)
+                       and last.get(e.id) not in SETTLED]
+            seen += len(page)
+            if len(page) < _PAGE:
+                break
+            cursor = page[-1].id
+        for event in reversed(missed):  # oldest first
+            await self._push(WebhookJob.for_event(event, endpoint=endpoint.id))
+        log.info("webhook.endpoint_recovered", endpoint=endpoint.id, since=since,
+                 requeued=len(missed))
+        return [e.id for e in reversed(missed)]
+
+    # --- events --------------------------------------------------------------------------
+
+    async def event(self, event_id: str) -> Event:
+        found = await self.store.get_events([event_id])
+        if event_id not in found:
+            raise NotFound("event", event_id)
+        return found[event_id]
+
+    async def events(self, *, limit: int, starting_after: str | None,
+                     type: str | None) -> list[Event]:
+        return await self.store.list_events(limit=limit, starting_after=starting_after,
+                                            type=type)
+
+    async def attempts(self, event_id: str) -> list[DeliveryAttempt]:
+        event = await self.event(event_id)
+        return await self.store.list_attempts(event.id)
+
+    async def retry(self, event_id: str, endpoint_id: str | None) -> Event:
+        """Deliver the event again now, even after it was dead: to one endpoint, or to every
+        endpoint subscribed to it."""
+        event = await self.event(event_id)
+        if endpoint_id is not None:
+            endpoint = await self.endpoint(endpoint_id)
+            if endpoint.disabled:
+                raise Conflict(f"The endpoint {endpoint_id} is disabled; enable it first.",
+                               code="endpoint_disabled")
+        await self._push(WebhookJob.for_event(event, endpoint=endpoint_id))
+        return event
+
+    async def _push(self, job: WebhookJob) -> None:
+        if self.push_webhook is None:
+            raise QueueUnavailable("Webhook jobs cannot be queued from this server.")
+        await push_or_refuse(self.push_webhook, job.encode(),
+                             "The webhook job could not be queued; retry shortly.")
