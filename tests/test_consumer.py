@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from conftest import free_port
+from payflow import metrics
 from payflow.errors import InvalidJob
 from payflow.queue import keys
 from payflow.queue.consumer import Consumer, Outcome
@@ -210,3 +211,33 @@ async def test_the_after_hooks_of_a_batch_run_side_by_side(fake_redis: Redis) ->
     (failed,) = [e for e in logs if e["event"] == "queue.after_failed"]
     assert "store down" in failed["error"]
     assert await fake_redis.llen(client.processing) == 0
+
+
+async def test_trimmed_dead_letters_are_counted_and_logged_once(fake_redis: Redis) -> None:
+    seen: list[bytes] = []
+    all_seen = asyncio.Event()
+
+    async def handler(raw: bytes) -> Outcome:
+        seen.append(raw)
+        if len(seen) == 5:
+            all_seen.set()
+        return Outcome(dead="given up")
+
+    def trimmed_total() -> float:
+        value = metrics.REGISTRY.get_sample_value("payflow_dead_trimmed_total", {"queue": Q})
+        return value or 0.0
+
+    before = trimmed_total()
+    await fake_redis.lpush(Q, b"j1", b"j2", b"j3", b"j4", b"j5")
+    client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0",
+                         dead_max_entries=3)
+    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1)
+    with capture_logs() as logs:
+        await run_until(consumer, all_seen)
+    dead = [json.loads(e)["job"] for e in await fake_redis.lrange(keys.dead(Q), 0, -1)]
+    assert dead == ["j5", "j4", "j3"]  # the newest kept
+    assert trimmed_total() - before == 2
+    (line,) = [e for e in logs if e["event"] == "queue.dead_trimmed"]  # one line, not per entry
+    assert line["log_level"] == "warning"
+    assert line["queue"] == Q and line["trimmed"] == 2 and line["limit"] == 3

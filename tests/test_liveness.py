@@ -7,7 +7,9 @@ import json
 
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
+from payflow import metrics
 from payflow.errors import StartupError
 from payflow.queue import keys
 from payflow.queue.liveness import Liveness
@@ -23,10 +25,11 @@ def r(request: pytest.FixtureRequest) -> Redis:
 
 
 def liveness(r: Redis, daemon_id: str, *, ttl: float = 5.0, max_redeliveries: int = 2,
-             reap_interval: float = 0.05) -> Liveness:
+             reap_interval: float = 0.05, dead_max_entries: int = 100_000) -> Liveness:
     return Liveness(r, daemon_id=daemon_id, lists=[(Q, keys.processing(Q, f"{daemon_id}:p0"))],
                     heartbeat_seconds=ttl / 5, ttl_seconds=ttl, reap_interval=reap_interval,
-                    max_redeliveries=max_redeliveries, stop=asyncio.Event())
+                    max_redeliveries=max_redeliveries, stop=asyncio.Event(),
+                    dead_max_entries=dead_max_entries)
 
 
 async def test_start_registers_and_beats(r: Redis) -> None:
@@ -82,6 +85,29 @@ async def test_a_job_reaped_too_often_is_poison(r: Redis) -> None:
     assert entry["job"] == "process_payment:pay_kill:upi"
     assert entry["reason"].startswith("poison:") and "3 times" in entry["reason"]
     assert entry["queue"] == Q and entry["consumer"] == "x2" and entry["failed_at"]
+
+
+async def test_poison_jobs_trim_the_dead_list_to_its_limit(r: Redis) -> None:
+    def trimmed_total() -> float:
+        value = metrics.REGISTRY.get_sample_value("payflow_dead_trimmed_total", {"queue": Q})
+        return value or 0.0
+
+    before = trimmed_total()
+    await r.lpush(keys.dead(Q), b"old-1", b"old-2")
+    reaper = liveness(r, "reaper", max_redeliveries=0, dead_max_entries=3)
+    processing = keys.processing(Q, "x:p0")
+    await r.hset(keys.DAEMONS, "x", json.dumps({"lists": [[Q, processing]]}))
+    await r.lpush(processing, b"poison-1", b"poison-2")
+    with capture_logs() as logs:
+        assert await reaper.reap_once() == 1
+    jobs = [json.loads(e)["job"] for e in await r.lrange(keys.dead(Q), 0, 1)]
+    assert sorted(jobs) == ["poison-1", "poison-2"]
+    assert await r.lrange(keys.dead(Q), 2, -1) == [b"old-2"]  # the oldest was trimmed
+    assert await r.llen(Q) == 0
+    assert trimmed_total() - before == 1
+    (line,) = [e for e in logs if e["event"] == "queue.dead_trimmed"]
+    assert line["log_level"] == "warning"
+    assert line["queue"] == Q and line["trimmed"] == 1 and line["limit"] == 3
 
 
 async def test_explicit_id_recovers_its_own_leftovers_at_start(r: Redis) -> None:

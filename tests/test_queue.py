@@ -104,3 +104,37 @@ async def test_requeue_restores_the_original_order(r: Redis) -> None:
     assert await c.requeue_all() == 3
     assert await r.llen(c.processing) == 0
     assert await c.fetch(10, 0.1) == [b"1", b"2", b"3", b"4"]
+
+
+async def test_settle_trims_the_dead_list_to_its_limit(r: Redis) -> None:
+    """LPUSH then LTRIM in the same step: the newest entries stay, the count of the oldest
+    dropped comes back."""
+    c = QueueClient(r, queue=Q, forward=W, consumer_id="d1:p0", dead_max_entries=3)
+    s = Settlement()
+    for i in range(5):
+        s.dead(f"entry-{i}".encode())
+    assert await c.settle(s) == 2
+    assert await r.lrange(keys.dead(Q), 0, -1) == [b"entry-4", b"entry-3", b"entry-2"]
+    one = Settlement()
+    one.dead(b"entry-5")
+    assert await c.settle(one) == 1
+    assert await r.lrange(keys.dead(Q), 0, -1) == [b"entry-5", b"entry-4", b"entry-3"]
+    none_dead = Settlement()
+    none_dead.push(b"hook")
+    assert await c.settle(none_dead) == 0
+    assert await c.settle(Settlement()) == 0
+    assert await r.llen(keys.dead(Q)) == 3
+
+
+async def test_settle_under_the_limit_trims_nothing(r: Redis) -> None:
+    c = qc(r)  # the default limit, 100,000
+    s = Settlement()
+    for i in range(5):
+        s.dead(f"entry-{i}".encode())
+    assert await c.settle(s) == 0
+    assert await r.llen(keys.dead(Q)) == 5
+
+
+def test_a_dead_list_keeps_at_least_one_entry(fake_redis: Redis) -> None:
+    with pytest.raises(ValueError, match="dead_max_entries"):
+        QueueClient(fake_redis, queue=Q, forward=W, consumer_id="d1:p0", dead_max_entries=0)

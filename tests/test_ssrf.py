@@ -7,6 +7,7 @@ resolver, never real DNS.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -16,11 +17,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from structlog.testing import capture_logs
+from yarl import URL
 
+from payflow.config import EndpointConfig
+from payflow.store.memory import MemoryStore
+from payflow.webhooks.endpoints import config_endpoint_id, seed_endpoints
 from payflow.webhooks.ssrf import (
     AddressPolicy,
     GuardedResolver,
     SSRFRefused,
+    check_destination,
     check_url,
     make_connector,
     refusal_in,
@@ -155,6 +162,118 @@ def test_check_url() -> None:
         assert info.value.address is None, url
     check_url("http://127.0.0.1:8080/", AddressPolicy(LOCAL))
     check_url("http://[::1]:8080/", AddressPolicy(LOCAL))
+
+
+@pytest.mark.parametrize(("url", "address", "klass"), [
+    ("http://127.0.0.1.:8080/", "127.0.0.1", "loopback"),
+    ("http://127.0.0.1../", "127.0.0.1", "loopback"),
+    ("https://169.254.169.254./latest/", "169.254.169.254", "cloud metadata"),
+    ("http://10.0.0.1.:80/", "10.0.0.1", "private"),
+    ("http://0x7f.1./", "127.0.0.1", "loopback"),
+    ("http://2130706433./", "127.0.0.1", "loopback"),
+])
+def test_check_url_reads_a_trailing_dot_as_the_address(url: str, address: str,
+                                                       klass: str) -> None:
+    with pytest.raises(SSRFRefused, match=klass) as info:
+        check_url(url, AddressPolicy([]))
+    assert info.value.address == address
+    if url.startswith("http://127.0.0.1."):
+        assert info.value.reason == ("127.0.0.1 is a loopback address; add it to [webhooks] "
+                                     "allow_networks to allow it")
+    allowing = AddressPolicy(["127.0.0.0/8", "10.0.0.0/8", "169.254.169.254/32"])
+    if "x" in url or "213" in url:  # a legacy numeric form is refused even when allowed
+        with pytest.raises(SSRFRefused, match=re.escape("legacy numeric form of 127.0.0.1")):
+            check_url(url, allowing)
+    else:
+        check_url(url, allowing)
+
+
+class Lookups:
+    """A :data:`~payflow.webhooks.ssrf.HostResolver` answering from a table; a name not in
+    it does not resolve; "slow.test" never answers."""
+
+    def __init__(self, table: dict[str, Sequence[str]]) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    async def __call__(self, host: str) -> Sequence[str]:
+        self.calls.append(host)
+        if host == "slow.test":
+            await asyncio.sleep(60)
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return self.table[host]
+
+
+LOOKUPS: dict[str, Sequence[str]] = {
+    "loop.test": ["127.0.0.1", "::1"], "meta.test": ["169.254.169.254"],
+    "mixed.test": ["10.0.0.7", "93.184.216.34"], "public.test": ["93.184.216.34"],
+    "mapped.test": ["::ffff:10.0.0.1"], "empty.test": []}
+
+
+@pytest.mark.parametrize(("url", "klass", "reason"), [
+    ("http://127.0.0.1:8080/", "loopback", "127.0.0.1 is a loopback address"),
+    ("http://127.0.0.1.:8080/", "loopback", "127.0.0.1 is a loopback address"),
+    ("http://[::ffff:127.0.0.1]/", "loopback", "::ffff:127.0.0.1 embeds 127.0.0.1"),
+    ("http://169.254.169.254/", "cloud metadata", "169.254.169.254 is a cloud metadata"),
+    ("http://10.0.0.1/", "private", "10.0.0.1 is a private address"),
+    ("http://loop.test:9/", "loopback", "loop.test resolves to 127.0.0.1, a loopback"),
+    ("https://meta.test/", "cloud metadata", "meta.test resolves to 169.254.169.254"),
+    ("https://mapped.test/", "private", "mapped.test resolves to ::ffff:10.0.0.1, which embeds"),
+])
+async def test_check_destination_refuses_what_can_only_reach_refused_addresses(
+        url: str, klass: str, reason: str) -> None:
+    lookups = Lookups(LOOKUPS)
+    with pytest.raises(SSRFRefused, match=klass) as info:
+        await check_destination(url, AddressPolicy([]), resolve=lookups)
+    assert info.value.reason.startswith(reason), info.value.reason
+    assert "[webhooks] allow_networks" in info.value.reason
+    host = URL(url).host
+    assert lookups.calls == ([host] if host and host.endswith(".test") else [])  # literals: none
+
+
+async def test_check_destination_lets_through_allowed_and_unresolved_names() -> None:
+    lookups = Lookups(LOOKUPS)
+    policy = AddressPolicy([])
+    # one allowed address is enough (delivery connects only to the allowed ones)
+    for url in ("https://mixed.test/", "https://public.test/", "http://8.8.8.8/"):
+        await check_destination(url, policy, resolve=lookups)
+    allowing = AddressPolicy([*LOCAL, "169.254.169.254/32", "10.0.0.0/8"])
+    for url in ("http://127.0.0.1.:8080/", "http://[::ffff:127.0.0.1]/", "http://loop.test/",
+                "http://meta.test/", "http://10.0.0.1/", "http://mapped.test/"):
+        await check_destination(url, allowing, resolve=lookups)
+    # a name that does not resolve (yet), resolves to nothing, or times out: not refused
+    with capture_logs() as logs:
+        for url in ("https://nxdomain.test/", "https://empty.test/", "https://slow.test/"):
+            await check_destination(url, policy, resolve=lookups, lookup_seconds=0.05)
+    assert [(e["event"], e["log_level"], e["host"]) for e in logs] == [
+        ("webhook.endpoint_unresolved", "info", host)
+        for host in ("nxdomain.test", "empty.test", "slow.test")]
+    with pytest.raises(SSRFRefused, match="scheme"):  # check_url's refusals come first
+        await check_destination("ftp://public.test/", policy, resolve=lookups)
+
+
+async def test_check_destination_by_default_uses_the_system_resolver() -> None:
+    with pytest.raises(SSRFRefused, match=r"localhost resolves to .*a loopback address"):
+        await check_destination("http://localhost:9/", AddressPolicy([]))
+    await check_destination("http://localhost:9/", AddressPolicy(LOCAL))
+
+
+async def test_seeding_warns_about_refused_config_endpoints_but_keeps_them() -> None:
+    store = MemoryStore()
+    configured = [EndpointConfig(url="http://127.0.0.1.:8080/hooks", secret=None),
+                  EndpointConfig(url="http://8.8.8.8/hooks", secret=None)]
+    with capture_logs() as logs:
+        await seed_endpoints(store, configured, AddressPolicy([]))
+    assert {ep.url for ep in await store.list_endpoints()} == {c.url for c in configured}
+    refused = [e for e in logs if e["event"] == "webhook.endpoint_refused"]
+    assert len(refused) == 1 and refused[0]["log_level"] == "warning"
+    assert refused[0]["endpoint"] == config_endpoint_id("http://127.0.0.1.:8080/hooks")
+    assert "127.0.0.1 is a loopback address" in refused[0]["reason"]
+    with capture_logs() as logs:
+        await seed_endpoints(MemoryStore(), configured, AddressPolicy(LOCAL))
+        await seed_endpoints(MemoryStore(), configured)  # no policy: no check
+    assert not [e for e in logs if e["event"] == "webhook.endpoint_refused"]
 
 
 class StubResolver(AbstractResolver):
@@ -298,6 +417,19 @@ async def test_ip_literal_is_refused_by_check_url_and_connector(server: Server) 
     refused = refusal_in(info.value)
     assert refused is not None and refused.address == "127.0.0.1"
     assert server.hits == []
+
+
+async def test_a_trailing_dot_ip_is_that_address_for_the_connector(server: Server) -> None:
+    """``127.0.0.1.`` is refused as 127.0.0.1 (not looked up in DNS, which fails and would
+    be retried), and when allowed it connects to 127.0.0.1."""
+    url = f"http://127.0.0.1.:{server.port}/"
+    with pytest.raises(aiohttp.ClientConnectorError) as info:
+        await post(make_connector(AddressPolicy([])), url)
+    refused = refusal_in(info.value)
+    assert refused is not None and refused.address == "127.0.0.1", info.value
+    assert server.hits == []
+    assert await post(make_connector(AddressPolicy(LOCAL)), url) == 200
+    assert len(server.hits) == 1
 
 
 async def test_allow_networks_reach_the_server(server: Server) -> None:

@@ -536,3 +536,25 @@ async def test_both_backends_answer_alike(postgres_url: str,
     assert len(memory) == len(postgres) == 30
     for n, (mine, theirs) in enumerate(zip(memory, postgres, strict=True)):
         assert mine == theirs, f"answer {n} differs"
+
+
+async def test_a_setting_is_stored_once_and_the_first_value_wins(store: Store) -> None:
+    assert await store.setting("card_fingerprint_key", "first") == "first"
+    assert await store.setting("card_fingerprint_key", "second") == "first"
+    assert await store.setting("other", "x") == "x"
+
+
+async def test_an_idempotency_key_binds_one_payment(store: Store) -> None:
+    first = Payment(id="pay_k1", method="upi", amount=100, currency="INR")
+    bound = await store.create_payment_once(first, "scope:k", "fp1")
+    assert (bound.payment, bound.fingerprint, bound.confirmed) == (first, "fp1", False)
+    other = Payment(id="pay_k2", method="upi", amount=999, currency="INR")
+    again = await store.create_payment_once(other, "scope:k", "fp2")
+    assert (again.payment.id, again.payment.amount, again.fingerprint) == ("pay_k1", 100, "fp1")
+    assert again.bound_at == bound.bound_at and not again.confirmed
+    assert "pay_k2" not in await store.get_payments(["pay_k2"])  # nothing inserted
+    await store.confirm_key("scope:k")
+    assert (await store.create_payment_once(other, "scope:k", "fp2")).confirmed
+    await store.delete_payments(["pay_k1"])  # its binding goes with it: the key is free
+    freed = await store.create_payment_once(other, "scope:k", "fp2")
+    assert (freed.payment.id, freed.fingerprint) == ("pay_k2", "fp2")

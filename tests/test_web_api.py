@@ -231,7 +231,6 @@ async def test_the_job_names_the_payment_whatever_the_request_size(
     payment_id = (await resp.json())["id"]
     (raw,) = e.raws
     assert len(raw) < 200 and b"nnnn" not in raw  # no snapshot: the store has the payment
-    assert parse_job(raw) == PaymentJob(payment_id=payment_id, method="upi",
-                                        jid=json.loads(raw)["jid"])
+    assert parse_job(raw) == PaymentJob(payment_id=payment_id, jid=json.loads(raw)["jid"])
     stored = (await e.store.get_payments([payment_id]))[payment_id]
     assert stored.metadata == metadata

@@ -136,9 +136,10 @@ async def test_enqueued_job_is_the_payment_envelope(api: Api) -> None:
     assert (envelope["v"], envelope["kind"], envelope["attempt"]) == (1, "payment", 0)
     job = parse_job(api.queue.raws[0])
     assert isinstance(job, PaymentJob)
-    assert (job.payment_id, job.method) == (data["id"], "upi")
-    # it names the payment and carries no snapshot: the store has the payment
-    assert set(envelope) == {"v", "kind", "jid", "attempt", "payment_id", "method"}
+    # It names the payment and nothing else: no snapshot (the store has the payment) and no
+    # method, so a job whose payment is gone is dead-lettered, never made a new payment.
+    assert (job.payment_id, job.method) == (data["id"], None)
+    assert set(envelope) == {"v", "kind", "jid", "attempt", "payment_id"}
     stored = await api.store.get_payment(data["id"])
     assert stored is not None and stored.to_dict() == data
 

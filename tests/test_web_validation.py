@@ -325,3 +325,21 @@ def test_currency_table() -> None:
     assert minor_units("jpy") == 0
     assert normalize_currency("eur") == "EUR"
     assert normalize_currency("EURO") is None
+
+
+def test_card_fingerprints_are_keyed_by_the_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import hmac
+
+    from payflow import processor
+
+    monkeypatch.setattr(processor, "_fingerprint_key", processor._fingerprint_key)
+    # The key that was in the public source: a fingerprint keyed by it gives a card away.
+    public = hmac.new(b"payflow-card-fingerprint-v1", VISA.encode(), hashlib.sha256)
+    assert card_fingerprint(VISA) != public.hexdigest()[:32]
+    processor.use_fingerprint_key("deployment-a-secret-key")
+    a = card_fingerprint(VISA)
+    processor.use_fingerprint_key("deployment-b-secret-key")
+    assert card_fingerprint(VISA) != a
+    processor.use_fingerprint_key("deployment-a-secret-key")
+    assert card_fingerprint(VISA) == a  # stable for one deployment

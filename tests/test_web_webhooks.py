@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 import redis.exceptions
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from conftest import ServeApp
 from payflow.jobs import WebhookJob, parse_job
 from payflow.models import DeliveryAttempt, Event, Payment, PaymentStatus, WebhookEndpoint
 from payflow.store.memory import MemoryStore
 from payflow.web import WebContext, create_app
+from payflow.webhooks.ssrf import AddressPolicy
 
 PROBLEM = "application/problem+json"
 
@@ -206,3 +210,118 @@ async def test_disabling_through_the_api_counts_in_metrics(
     resp = await client.get("/metrics")
     assert resp.status == 200 and resp.content_type == "text/plain"
     assert metric(await resp.text(), name) == before + 1
+
+
+# --- URLs that can only reach addresses delivery refuses (the SSRF policy) -------------------
+
+LOOKUPS: dict[str, Sequence[str]] = {"loop.test": ["127.0.0.1", "::1"],
+                                     "public.test": ["93.184.216.34"]}
+Guarded = Callable[..., Awaitable[tuple[Env, TestClient[Any, Any], list[str]]]]
+
+
+@pytest.fixture
+def guarded(serve_app: ServeApp) -> Guarded:
+    """An API whose WebContext has an address policy allowing ``allow``; host names resolve
+    from LOOKUPS (anything else does not resolve). Returns the names looked up, too."""
+
+    async def make(*allow: str) -> tuple[Env, TestClient[Any, Any], list[str]]:
+        e = Env()
+        looked_up: list[str] = []
+
+        async def resolve(host: str) -> Sequence[str]:
+            looked_up.append(host)
+            if host not in LOOKUPS:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return LOOKUPS[host]
+
+        async def ping() -> bool:
+            return True
+
+        ctx = WebContext(store=e.store, enqueue_payment=e.enqueue_webhook, ping=ping,
+                         enqueue_webhook=e.enqueue_webhook, address_policy=AddressPolicy(allow))
+        ctx.webhooks.resolve = resolve
+        return e, await serve_app(create_app(ctx)), looked_up
+
+    return make
+
+
+REFUSED_URLS = [
+    ("http://127.0.0.1:8080/hooks", "127.0.0.1 is a loopback address; add it to"),
+    ("http://127.0.0.1.:8080/hooks", "127.0.0.1 is a loopback address; add it to"),
+    ("http://[::ffff:127.0.0.1]/hooks", "::ffff:127.0.0.1 embeds 127.0.0.1, a loopback "
+                                        "address; add 127.0.0.1 to"),
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a cloud metadata address"),
+    ("https://10.0.0.1/hooks", "10.0.0.1 is a private address; add it to"),
+    ("https://loop.test/hooks", "loop.test resolves to 127.0.0.1, a loopback address; "
+                                "add 127.0.0.1 to"),
+]
+
+
+@pytest.mark.parametrize(("url", "detail"), REFUSED_URLS)
+async def test_create_refuses_a_url_that_can_only_reach_refused_addresses(
+        guarded: Guarded, url: str, detail: str) -> None:
+    e, client, _ = await guarded()
+    resp = await client.post("/v1/webhook_endpoints", json={"url": url})
+    assert resp.status == 422 and resp.content_type == PROBLEM
+    problem = await resp.json()
+    assert (problem["param"], problem["code"]) == ("url", "url_refused")
+    assert detail in problem["detail"] and "[webhooks] allow_networks" in problem["detail"]
+    assert await e.store.list_endpoints() == []  # nothing was created
+
+
+@pytest.mark.parametrize(("url", "allow"), [
+    ("http://127.0.0.1:8080/hooks", "127.0.0.0/8"),
+    ("http://127.0.0.1.:8080/hooks", "127.0.0.1/32"),
+    ("http://[::ffff:127.0.0.1]/hooks", "127.0.0.0/8"),
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+    ("https://10.0.0.1/hooks", "10.0.0.0/8"),
+    ("https://loop.test/hooks", "127.0.0.0/8"),  # one allowed address is enough
+])
+async def test_create_allows_a_refused_class_listed_in_allow_networks(
+        guarded: Guarded, url: str, allow: str) -> None:
+    e, client, _ = await guarded(allow)
+    resp = await client.post("/v1/webhook_endpoints", json={"url": url})
+    assert resp.status == 201, await resp.text()
+    assert [ep.url for ep in await e.store.list_endpoints()] == [url]
+
+
+async def test_create_allows_public_and_unresolvable_names(guarded: Guarded) -> None:
+    e, client, looked_up = await guarded()
+    with capture_logs() as logs:
+        for url in ("https://public.test/hooks", "https://not-yet.test/hooks"):
+            resp = await client.post("/v1/webhook_endpoints", json={"url": url})
+            assert resp.status == 201, await resp.text()
+    assert looked_up == ["public.test", "not-yet.test"]
+    assert len(await e.store.list_endpoints()) == 2
+    (unresolved,) = [entry for entry in logs if entry["event"] == "webhook.endpoint_unresolved"]
+    assert unresolved["log_level"] == "info" and unresolved["host"] == "not-yet.test"
+
+
+async def test_patch_refuses_the_same_urls_and_leaves_the_endpoint_alone(
+        guarded: Guarded) -> None:
+    e, client, _ = await guarded()
+    original = WebhookEndpoint(id="ep_p", url="https://public.test/hooks", description="shop")
+    await e.store.put_endpoint(original)
+    for url, detail in REFUSED_URLS:
+        resp = await client.patch("/v1/webhook_endpoints/ep_p",
+                                  json={"url": url, "description": "changed"})
+        assert resp.status == 422, url
+        problem = await resp.json()
+        assert (problem["param"], problem["code"]) == ("url", "url_refused")
+        assert detail in problem["detail"]
+        assert (await e.store.get_endpoints(["ep_p"]))["ep_p"] == original
+    # other fields alone are not checked; an allowed URL goes through
+    resp = await client.patch("/v1/webhook_endpoints/ep_p", json={"description": "changed"})
+    assert resp.status == 200
+    resp = await client.patch("/v1/webhook_endpoints/ep_p", json={"url": "https://8.8.8.8/h"})
+    assert resp.status == 200 and (await resp.json())["url"] == "https://8.8.8.8/h"
+    # an unknown endpoint is still a 404 first
+    resp = await client.patch("/v1/webhook_endpoints/ep_nope", json={"url": REFUSED_URLS[0][0]})
+    assert resp.status == 404
+
+
+async def test_without_a_policy_loopback_urls_are_accepted(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    _, client = env
+    resp = await client.post("/v1/webhook_endpoints", json={"url": "http://127.0.0.1:9/h"})
+    assert resp.status == 201

@@ -301,6 +301,26 @@ async def test_ssrf_refusal_is_recorded_and_dead_at_once(
     assert outcomes == {"ep_local": "refused", "ep_b": "refused"}
 
 
+async def test_a_trailing_dot_ip_is_refused_once_not_retried(
+        make_handler: Callable[..., Any], receiver: tuple[Receiver, str]) -> None:
+    """``127.0.0.1.`` is 127.0.0.1, not a name for DNS (whose failure would be retried)."""
+    rec, base = receiver
+    dotted = WebhookEndpoint(id="ep_dot", url=base.replace("127.0.0.1", "127.0.0.1.") + "/d")
+    handler, store = await make_handler(dotted, allow=())
+    outcome = await handler(event_job())
+    assert rec.hits == [] and not outcome.delay
+    ((_, reason),) = outcome.dead_jobs
+    assert reason.startswith("refused: ssrf_refused: 127.0.0.1 is a loopback address")
+    (attempt,) = await attempts_of(store)
+    assert (attempt.endpoint_id, attempt.attempt, attempt.outcome) == ("ep_dot", 1, "refused")
+    assert attempt.next_retry_at is None
+    # allowed, it reaches 127.0.0.1
+    handler, store = await make_handler(dotted)
+    outcome = await handler(event_job())
+    assert [name for name, _, _ in rec.hits] == ["d"] and not outcome.delay
+    assert [a.outcome for a in await attempts_of(store)] == ["succeeded"]
+
+
 async def test_endpoint_failing_too_long_is_disabled(
         make_handler: Callable[..., Any], receiver: tuple[Receiver, str]) -> None:
     rec, base = receiver

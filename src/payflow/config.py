@@ -92,6 +92,7 @@ class QueueConfig:
     max_redeliveries: int = 5
     # A payment still pending this long after its last change has its job queued again.
     requeue_pending_after_seconds: float = 60.0
+    dead_max_entries: int = 100_000  # per dead list; the oldest are trimmed beyond
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -162,6 +163,8 @@ class ApiConfig:
     require_idempotency_key: bool = False
     idempotency_ttl_hours: float = 24.0
     metrics_public: bool = True  # False: /metrics needs an API key too
+    # HMAC key of card fingerprints; empty: generated once and kept in the store.
+    card_fingerprint_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -221,6 +224,7 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
         "max_job_bytes": IntRule(64, 16777216),
         "max_redeliveries": IntRule(1, 1000),
         "requeue_pending_after_seconds": FloatRule(1.0, 86400.0),
+        "dead_max_entries": IntRule(10, 100_000_000),
     }),
     "workers": (WorkersConfig, {"payments": IntRule(1, 256), "webhooks": IntRule(1, 256)}),
     "processor": (ProcessorConfig, {
@@ -254,6 +258,8 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
         "require_idempotency_key": BoolRule(),
         "idempotency_ttl_hours": FloatRule(0.01, 720.0),
         "metrics_public": BoolRule(),
+        "card_fingerprint_key": StrRule("empty, or a key of at least 16 characters",
+                                        lambda key: key == "" or len(key) >= 16),
     }),
     "daemon": (DaemonConfig, {
         "id": StrRule("empty, or 1 to 64 letters, digits, '.', '_' or '-'", is_daemon_id),
@@ -445,5 +451,7 @@ def config_summary(config: Config) -> dict[str, object]:
     ]
     cast(dict[str, object], summary["api"])["keys"] = [
         {"name": key.name, "secret": "***"} for key in config.api.keys]
+    cast(dict[str, object], summary["api"])["card_fingerprint_key"] = (
+        "***" if config.api.card_fingerprint_key else "")
     return summary
 

@@ -32,10 +32,11 @@ from payflow.embedded import EmbeddedRedis
 from payflow.errors import StartupError
 from payflow.handlers import PaymentHandler
 from payflow.payments import PaymentService
-from payflow.processor import SimulatedProcessor
+from payflow.processor import SimulatedProcessor, use_fingerprint_key
 from payflow.queue.backoff import full_jitter
 from payflow.queue.consumer import Consumer, wait_or_stop
 from payflow.queue.liveness import Liveness
+from payflow.queue.producer import Producer
 from payflow.queue.redis import QueueClient, Scripts
 from payflow.queue.scheduler import run_promoter
 from payflow.store import Store, open_store
@@ -91,14 +92,16 @@ class Daemon:
         log.info("daemon.stopping", signal=signame)
         self.stop.set()
 
-    def _redis(self, url: str, *, single: bool, timeout: float) -> Redis:
+    def _redis(self, url: str, *, single: bool, timeout: float, retries: int = 1,
+               blocking_pool: int | None = None) -> Redis:
         """A client that fails fast when Redis is away (the callers back off themselves); one
         immediate retry replaces a connection that went stale when Redis restarted (or, behind
         Sentinel, reconnects to the promoted primary)."""
         from payflow.redis_client import connect
 
         client = connect(url, single_connection=single, socket_timeout=timeout,
-                         connect_timeout=min(timeout, 2.0), retry=Retry(NoBackoff(), 1))
+                         connect_timeout=min(timeout, 2.0), retry=Retry(NoBackoff(), retries),
+                         blocking_pool=blocking_pool)
         self._clients.append(client)
         return client
 
@@ -136,13 +139,17 @@ class Daemon:
 
     async def _serve(self, url: str, st: Store) -> None:
         cfg = self.config
-        intake = self._redis(url, single=False, timeout=2.0)
+        intake = self._redis(url, single=False, timeout=2.0, blocking_pool=64)
+        # The API's pushes: concurrent ones share one LPUSH on a connection of their own, with
+        # no retry, so that a failure tells whether the job may have reached Redis.
+        producer = Producer(self._redis(url, single=True, timeout=2.0, retries=0),
+                            [cfg.queue.payments, cfg.queue.webhooks])
 
         async def enqueue(raw: bytes) -> None:
-            await intake.lpush(cfg.queue.payments, raw)
+            await producer.push(cfg.queue.payments, raw)
 
         async def enqueue_webhook(raw: bytes) -> None:
-            await intake.lpush(cfg.queue.webhooks, raw)
+            await producer.push(cfg.queue.webhooks, raw)
 
         async def ping() -> bool:
             try:
@@ -150,6 +157,7 @@ class Daemon:
             except (RedisError, OSError):
                 return False
 
+        guard = AddressPolicy(cfg.webhooks.allow_networks)
         ctx = WebContext(store=st, enqueue_payment=enqueue, ping=ping,
                          enqueue_webhook=enqueue_webhook,
                          max_body_bytes=cfg.http.max_body_bytes,
@@ -158,20 +166,22 @@ class Daemon:
                          api_keys=cfg.api.keys, metrics_public=cfg.api.metrics_public,
                          idempotency=Idempotency(
                              intake, ttl_seconds=cfg.api.idempotency_ttl_hours * 3600,
-                             required=cfg.api.require_idempotency_key))
+                             required=cfg.api.require_idempotency_key),
+                         address_policy=guard)
         if not cfg.api.keys and cfg.http.host not in LOOPBACK_HOSTS:
             log.warning("api.open", host=cfg.http.host,
                         detail="no API key is configured and the API listens beyond loopback: "
                                "anyone who reaches it can create payments; add [[api.keys]] "
                                "or PAYFLOW_API_KEYS")
-        await seed_endpoints(st, cfg.webhooks.endpoints)
+        await seed_endpoints(st, cfg.webhooks.endpoints, policy=guard)
         front = StoreFront(st)
+        use_fingerprint_key(cfg.api.card_fingerprint_key or await st.setting(
+            "card_fingerprint_key", secrets.token_hex(32)))
         processor = SimulatedProcessor(latency_ms=cfg.processor.latency_ms,
                                        failure_rate=cfg.processor.failure_rate)
         payments = PaymentHandler(PaymentService(front, processor,
                                                  max_attempts=cfg.processor.max_attempts),
                                   max_job_bytes=cfg.queue.max_job_bytes)
-        guard = AddressPolicy(cfg.webhooks.allow_networks)
         session = aiohttp.ClientSession(connector=make_connector(guard, limit=100))
         try:
             log_sink = cfg.webhooks.log_sink
@@ -227,7 +237,8 @@ class Daemon:
             for i in range(count):
                 client = QueueClient(self._redis(url, single=True, timeout=block + 5),
                                      queue=queue, forward=forward,
-                                     consumer_id=f"{self.id}:{kind}{i}")
+                                     consumer_id=f"{self.id}:{kind}{i}",
+                                     dead_max_entries=cfg.queue.dead_max_entries)
                 self._queues.append(client)
                 consumers.append(Consumer(client=client, handler=handler, stop=self.stop,
                                           batch_size=cfg.queue.batch_size, block_seconds=block,
@@ -239,7 +250,8 @@ class Daemon:
                             ttl_seconds=cfg.daemon.heartbeat_ttl_seconds,
                             reap_interval=cfg.daemon.reap_interval_seconds,
                             max_redeliveries=cfg.queue.max_redeliveries, stop=self.stop,
-                            store_kind=store.kind, store_shared=store.shared)
+                            store_kind=store.kind, store_shared=store.shared,
+                            dead_max_entries=cfg.queue.dead_max_entries)
         if not await self._register(liveness):
             return
         async with asyncio.TaskGroup() as tg:

@@ -10,6 +10,8 @@
     ├── ValidationError      bad API input: 400/422 problem+json naming the field
     ├── NotFound             the resource an API call names does not exist: 404
     ├── Conflict             the resource is not in a state that allows the call: 409
+    ├── KeyReused            an Idempotency-Key sent again with a different request: 422
+    ├── KeyInFlight          an Idempotency-Key whose first request is still running: 409
     └── QueueUnavailable     the job could not be queued, nothing was accepted: 503
 """
 
@@ -84,3 +86,11 @@ class QueueUnavailable(PayFlowError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class KeyReused(PayFlowError):
+    """An Idempotency-Key already bound to a different request."""
+
+
+class KeyInFlight(PayFlowError):
+    """The first request with this Idempotency-Key has not been answered yet."""

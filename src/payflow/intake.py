@@ -10,14 +10,30 @@ nothing was accepted. Raises :class:`ValidationError`, :class:`NotFound`, :class
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Final
 
 import structlog
 from redis.exceptions import RedisError
 
-from payflow.errors import Conflict, NotFound, QueueUnavailable, ValidationError
+from payflow.errors import (
+    Conflict,
+    KeyInFlight,
+    KeyReused,
+    NotFound,
+    QueueUnavailable,
+    ValidationError,
+)
 from payflow.jobs import PaymentJob, RefundJob, WebhookJob
-from payflow.models import Payment, PaymentStatus, Refund, new_payment_id, new_refund_id
+from payflow.models import (
+    Payment,
+    PaymentStatus,
+    Refund,
+    new_payment_id,
+    new_refund_id,
+    parse_iso,
+)
+from payflow.queue.producer import NotSent, Uncertain
 from payflow.store.base import REFUNDABLE, Store, Transition
 from payflow.validation import PaymentRequest
 
@@ -27,13 +43,20 @@ log = structlog.get_logger("payflow.intake")
 PUSH_ERRORS: Final = (RedisError, OSError, TimeoutError)
 
 Push = Callable[[bytes], Awaitable[None]]
+# A request is answered well within this (its push times out sooner): a key bound longer ago
+# and still unconfirmed belongs to a daemon that died before answering; its payment is kept.
+ANSWER_WITHIN_SECONDS: Final = 30.0
+
+
+def _age(moment: str) -> float:
+    return (datetime.now(UTC) - parse_iso(moment)).total_seconds()
 
 
 async def push_or_refuse(push: Push, raw: bytes, detail: str) -> None:
     """Queue ``raw``; a Redis failure becomes :class:`QueueUnavailable` (``detail``)."""
     try:
         await push(raw)
-    except PUSH_ERRORS as exc:
+    except (NotSent, Uncertain, *PUSH_ERRORS) as exc:
         log.warning("queue.push_failed", error_type=type(exc).__name__, error=str(exc))
         raise QueueUnavailable(detail) from None
 
@@ -44,21 +67,55 @@ class Payments:
         self.push_payment = push_payment
         self.push_webhook = push_webhook
 
-    async def create(self, req: PaymentRequest) -> Payment:
+    async def create(self, req: PaymentRequest, *,
+                     idempotency: tuple[str, str] | None = None) -> tuple[Payment, bool]:
+        """Store the payment, then queue its job; returns it and whether it is a replay.
+
+        ``idempotency``: (scoped key, request fingerprint). The key is bound to the payment in
+        the same store step that inserts it, before the job is queued, so a retry with that
+        key answers with that payment whatever happened to Redis; the same key with another
+        request is :class:`KeyReused`.
+
+        Queuing: when Redis could not be reached the payment is removed again and
+        :class:`QueueUnavailable` says nothing was accepted; when the push was sent but its
+        answer was lost (a stalled Redis) the payment is kept: its job may be queued, and if
+        it was lost the sweeper queues it again (a duplicate job is a no-op)."""
         payment = Payment(id=new_payment_id(), method=req.method, amount=req.amount,
                           currency=req.currency, method_details=req.method_details,
                           metadata=req.metadata)
-        raw = PaymentJob(payment_id=payment.id, method=payment.method).encode()
-        [stored] = await self.store.create_payments([payment])
+        if idempotency is not None:
+            bound = await self.store.create_payment_once(payment, *idempotency)
+            stored = bound.payment
+            if stored.id != payment.id:
+                if bound.fingerprint != idempotency[1]:
+                    raise KeyReused("the Idempotency-Key was used for another request")
+                if not bound.confirmed and _age(bound.bound_at) < ANSWER_WITHIN_SECONDS:
+                    raise KeyInFlight("the first request with this key is not answered yet")
+                log.info("idempotency.replayed", payment_id=stored.id)
+                return stored, True
+        else:
+            [stored] = await self.store.create_payments([payment])
+        # The job names the payment and nothing else: a job for a payment that is gone is
+        # dead-lettered, never turned into a new payment.
+        raw = PaymentJob(payment_id=payment.id).encode()
         try:
-            await push_or_refuse(self.push_payment, raw, "The payment could not be queued and "
-                                 "was not accepted; retry shortly.")
+            await self.push_payment(raw)
+        except Uncertain as exc:
+            log.warning("payment.enqueue_uncertain", payment_id=payment.id, error=str(exc),
+                        detail="kept: its job may be queued; the sweeper queues it otherwise")
+        except (NotSent, *PUSH_ERRORS) as exc:
+            await self._forget(payment.id)
+            log.warning("payment.enqueue_failed", payment_id=payment.id, error=str(exc))
+            raise QueueUnavailable("The payment could not be queued and was not accepted; "
+                                   "retry shortly.") from None
         except BaseException:
             await self._forget(payment.id)
             raise
+        if idempotency is not None:  # a retry with the key may now be answered with it
+            await self.store.confirm_key(idempotency[0])
         log.info("payment.created", payment_id=payment.id, amount=payment.amount,
                  currency=payment.currency, method=payment.method)
-        return stored
+        return stored, False
 
     async def _forget(self, payment_id: str) -> None:
         """Remove a payment whose job could not be queued (best effort: the answer is an

@@ -38,6 +38,9 @@ WEBHOOK_ATTEMPTS = Counter("payflow_webhook_attempts", "Webhook delivery attempt
                            "and HTTP status class.", ["outcome", "status"], registry=REGISTRY)
 WEBHOOK_SECONDS = Histogram("payflow_webhook_delivery_seconds", "Time of one delivery attempt.",
                             buckets=_LATENCY, registry=REGISTRY)
+DEAD_TRIMMED = Counter("payflow_dead_trimmed", "Oldest dead-letter entries dropped to keep a "
+                       "dead list within [queue] dead_max_entries, by queue.", ["queue"],
+                       registry=REGISTRY)
 ENDPOINTS_DISABLED = Counter("payflow_webhook_endpoints_disabled", "Endpoints disabled, by "
                              "cause (gone, failing, api).", ["cause"], registry=REGISTRY)
 

@@ -3,7 +3,10 @@
 Test values (like Stripe's): card ``4000000000000002`` is declined, a VPA starting with
 ``failure@`` fails, everything else succeeds; on top, ``failure_rate`` declines at random.
 The API keeps no card number: it stores brand, last 4 and a fingerprint, and the simulator
-recognises its test cards by fingerprint.
+recognises its test cards by fingerprint. The fingerprint is an HMAC keyed by a secret of the
+deployment (``[api] card_fingerprint_key``, or one generated at the first start and kept in the
+store), set with :func:`use_fingerprint_key` at start: with the key in the public source, a
+fingerprint and the last 4 digits would give the card number away in seconds.
 """
 
 from __future__ import annotations
@@ -13,24 +16,34 @@ import dataclasses
 import hashlib
 import hmac
 import random
+import secrets
 from collections import OrderedDict
 from typing import Protocol
 
 from payflow.models import Payment, Refund
 
-_FINGERPRINT_KEY = b"payflow-card-fingerprint-v1"
 DECLINED_CARDS = ("4000000000000002",)
 REFUND_FAILING_CARDS = ("4000000000005126",)  # charges succeed, refunds fail (as Stripe's)
 _REMEMBERED = 100_000
 
 
+# Until the deployment's key is set: a random one, so that nothing is derivable from the source.
+_fingerprint_key = secrets.token_bytes(32)
+
+
+def use_fingerprint_key(key: str) -> None:
+    """Key every card fingerprint of this process with ``key`` (the deployment's secret)."""
+    global _fingerprint_key
+    _fingerprint_key = hashlib.sha256(b"payflow-card-fingerprint\x00" + key.encode()).digest()
+
+
 def card_fingerprint(number: str) -> str:
     """A stable, non-reversible tag of a card number (the number itself is never stored)."""
-    return hmac.new(_FINGERPRINT_KEY, number.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(_fingerprint_key, number.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-_DECLINED_FINGERPRINTS = frozenset(card_fingerprint(n) for n in DECLINED_CARDS)
-_REFUND_FAILING_FINGERPRINTS = frozenset(card_fingerprint(n) for n in REFUND_FAILING_CARDS)
+def _is_one_of(fingerprint: object, cards: tuple[str, ...]) -> bool:
+    return fingerprint is not None and any(fingerprint == card_fingerprint(n) for n in cards)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +89,7 @@ class SimulatedProcessor:
             return known
         if self._latency:
             await asyncio.sleep(self._latency)
-        if payment.method_details.get("fingerprint") in _REFUND_FAILING_FINGERPRINTS:
+        if _is_one_of(payment.method_details.get("fingerprint"), REFUND_FAILING_CARDS):
             result = ChargeResult(False, "refund_failed", "The card issuer refused the refund.")
         else:
             result = ChargeResult(True)
@@ -90,7 +103,7 @@ class SimulatedProcessor:
 
     def _decide(self, payment: Payment) -> ChargeResult:
         details = payment.method_details
-        if payment.method == "card" and details.get("fingerprint") in _DECLINED_FINGERPRINTS:
+        if payment.method == "card" and _is_one_of(details.get("fingerprint"), DECLINED_CARDS):
             return ChargeResult(False, "card_declined", "The card was declined.")
         vpa = details.get("vpa")
         if payment.method == "upi" and isinstance(vpa, str) and vpa.startswith("failure@"):

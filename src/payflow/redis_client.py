@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
@@ -151,15 +151,21 @@ class SentinelRedis(Redis):
 
 
 def connect(url: str, *, single_connection: bool, socket_timeout: float | None,
-            connect_timeout: float, retry: Retry | None = None) -> Redis:
+            connect_timeout: float, retry: Retry | None = None,
+            blocking_pool: int | None = None) -> Redis:
     """A client for ``url`` (see the module docstring). ``single_connection``: the client owns
     one connection (a queue consumer, whose BLMOVE blocks it) rather than a pool. Nothing is
-    connected until the first command."""
+    connected until the first command. ``blocking_pool``: a pool of that many connections where
+    a command waits for a free one instead of failing (many concurrent HTTP requests)."""
     node: dict[str, Any] = {"socket_timeout": socket_timeout,
                             "socket_connect_timeout": connect_timeout}
     if retry is not None:
         node["retry"] = retry
     if not is_sentinel_url(url):
+        if blocking_pool is not None:  # wait for a free connection rather than fail
+            blocking = BlockingConnectionPool.from_url(url, max_connections=blocking_pool,
+                                                   timeout=None, **node)
+            return Redis(connection_pool=blocking)
         return Redis.from_url(url, single_connection_client=single_connection, **node)
     spec = parse_sentinel_url(url)
     # The sentinels are asked briefly, and a sentinel that does not answer is skipped at once

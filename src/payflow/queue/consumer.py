@@ -66,6 +66,7 @@ class Consumer:
         self._seconds = metrics.JOB_SECONDS.labels(client.queue)
         self._counted = {kind: metrics.JOBS.labels(client.queue, kind)
                          for kind in ("done", "retried", "dead")}
+        self._dead_trimmed = metrics.DEAD_TRIMMED.labels(client.queue)
         self._failures = 0  # consecutive failed fetches
         self._orphans = False  # a failed fetch may have moved jobs we never saw
         self._resume_at = 0.0  # loop time before which a streaming consumer does not fetch
@@ -208,14 +209,18 @@ class Consumer:
         attempt = 0
         while True:
             try:
-                await self.client.settle(settlement)
-                return
+                trimmed = await self.client.settle(settlement)
+                break
             except (RedisError, OSError) as exc:
                 attempt += 1
                 delay = full_jitter(attempt, base=0.1, cap=5.0)
                 self.log.warning("queue.settle_failed", error=f"{type(exc).__name__}: {exc}",
                              retry_in=round(delay, 3))
                 await asyncio.sleep(delay)
+        if trimmed:
+            self._dead_trimmed.inc(trimmed)
+            self.log.warning("queue.dead_trimmed", trimmed=trimmed,
+                             limit=self.client.dead_max_entries)
 
 
 async def wait_or_stop(event: asyncio.Event, seconds: float) -> None:

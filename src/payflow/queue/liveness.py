@@ -3,7 +3,8 @@
 Each daemon keeps ``payflow:heartbeat:<id>`` alive (a key with a TTL) and lists its processing
 lists in the hash ``payflow:daemons``. The reaper (one daemon at a time, under a ``SET NX`` lock)
 moves the processing lists of daemons whose heartbeat expired back to their queues; a job that
-was in flight at more than ``max_redeliveries`` deaths is poison and goes to ``{<q>}:dead``.
+was in flight at more than ``max_redeliveries`` deaths is poison and goes to ``{<q>}:dead``
+(trimmed, as by the consumers, to ``dead_max_entries``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from payflow import metrics
 from payflow.errors import ConfigError, StartupError
 from payflow.models import now_iso
 from payflow.queue import keys
 from payflow.queue.backoff import full_jitter
 from payflow.queue.consumer import wait_or_stop
-from payflow.queue.redis import Scripts, dead_entry
+from payflow.queue.redis import Scripts, check_dead_max_entries, dead_entry
 
 log = structlog.get_logger("payflow.liveness")
 
@@ -36,7 +38,7 @@ class Liveness:
     def __init__(self, redis: Redis, *, daemon_id: str, lists: Sequence[tuple[str, str]],
                  heartbeat_seconds: float, ttl_seconds: float, reap_interval: float,
                  max_redeliveries: int, stop: asyncio.Event, store_kind: str = "memory",
-                 store_shared: bool = False) -> None:
+                 store_shared: bool = False, dead_max_entries: int = 100_000) -> None:
         self.redis = redis
         self.id = daemon_id
         self.lists = list(lists)  # (queue, processing list) of each of this daemon's consumers
@@ -44,6 +46,7 @@ class Liveness:
         self.ttl_ms = max(1, round(ttl_seconds * 1000))
         self.reap_interval = reap_interval
         self.max_redeliveries = max_redeliveries
+        self.dead_max_entries = check_dead_max_entries(dead_max_entries)
         self.stop = stop
         self.done = asyncio.Event()  # set after shutdown emptied this daemon's lists
         self.scripts = Scripts(redis)
@@ -171,11 +174,16 @@ class Liveness:
             for job in jobs:
                 pairs += [hashlib.sha1(job).hexdigest(),
                           dead_entry(queue, job, reason, consumer=daemon_id)]
-            moved, poisoned = await self.scripts.reap(
+            moved, poisoned, trimmed = await self.scripts.reap(
                 keys=[processing, queue, keys.dead(queue), keys.redeliveries(queue)],
-                args=[self.max_redeliveries, REDELIVERY_MEMORY_SECONDS, *pairs])
+                args=[self.max_redeliveries, REDELIVERY_MEMORY_SECONDS, self.dead_max_entries,
+                      *pairs])
             requeued += int(moved)
             dead += int(poisoned)
+            if trimmed:
+                metrics.DEAD_TRIMMED.labels(queue).inc(int(trimmed))
+                log.warning("queue.dead_trimmed", queue=queue, trimmed=int(trimmed),
+                            limit=self.dead_max_entries)
         return requeued, dead
 
 

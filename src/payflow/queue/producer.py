@@ -6,12 +6,15 @@ values (a :class:`~payflow.store.front.Coalescer`), on one connection this produ
 thousand concurrent requests never need a thousand connections. A push fails with
 :class:`NotSent` when the connection could not even be made (Redis is away: nothing happened),
 and with :class:`Uncertain` when the command was sent but no answer came (Redis stalled or went
-away mid-command: the job may be queued, or not). The caller keeps what it stored in the second
-case; the sweeper re-queues a payment whose job was lost, and a duplicate job is a no-op.
+away mid-command: the job may be queued, or not). After an idle second a PING goes first, so
+that a Redis that went away while nothing was pushed is found out before anything is sent.
+The caller keeps what it stored in the second case; the sweeper re-queues a payment whose job
+was lost, and a duplicate job is a no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
@@ -20,6 +23,7 @@ from redis.exceptions import RedisError
 from payflow.store.front import Coalescer
 
 ERRORS = (RedisError, OSError, TimeoutError)
+IDLE_CHECK_SECONDS = 1.0
 
 
 class NotSent(Exception):
@@ -35,20 +39,26 @@ class Producer:
         """``redis``: a single-connection client without retries (a retry could send twice
         and hide which attempt was lost)."""
         self.redis = redis
+        self._last_ok = float("-inf")  # loop time of the last push that Redis answered
         self._pushers = {queue: Coalescer(self._lpush(queue)) for queue in queues}
 
     def _lpush(self, queue: str) -> Callable[[list[bytes]], Awaitable[list[None]]]:
         async def run(raws: list[bytes]) -> list[None]:
-            connection = self.redis.connection
+            loop = asyncio.get_running_loop()
             try:
-                if connection is not None:
-                    await connection.connect()  # type: ignore[no-untyped-call]  # no-op if connected
+                if loop.time() - self._last_ok > IDLE_CHECK_SECONDS:
+                    # Idle for a while, or the last push failed: Redis may be away, which only
+                    # a command would show, and then too late to know. A PING first costs one
+                    # round trip, only then.
+                    await self.redis.ping()
             except ERRORS as exc:
                 raise NotSent(f"{type(exc).__name__}: {exc}") from exc
             try:
                 await self.redis.lpush(queue, *raws)
             except ERRORS as exc:
+                self._last_ok = float("-inf")
                 raise Uncertain(f"{type(exc).__name__}: {exc}") from exc
+            self._last_ok = loop.time()
             return [None] * len(raws)
 
         return run

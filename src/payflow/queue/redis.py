@@ -2,7 +2,8 @@
 
 A job is never only in memory: it moves from ``<q>`` into ``{<q>}:processing:<consumer-id>``
 (``LMOVE``/``BLMOVE``) and leaves it only in the same Lua step that records its outcome (ack,
-forward, delay or dead-letter). Every key of a queue shares the queue's hash tag.
+forward, delay or dead-letter). Every key of a queue shares the queue's hash tag. A dead list
+keeps at most ``dead_max_entries`` entries: the step that pushes onto it trims the oldest.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def dead_entry(queue: str, raw: bytes, reason: str, *, consumer: str) -> bytes:
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def check_dead_max_entries(value: int) -> int:
+    """``[queue] dead_max_entries``: a dead list keeps at least one entry (``LTRIM 0 -1`` would
+    keep them all)."""
+    if value < 1:
+        raise ValueError(f"dead_max_entries must be at least 1, got {value}")
+    return value
+
+
 class Settlement:
     """The outcome of a batch, as the operations of ``settle.lua``."""
 
@@ -70,11 +79,13 @@ class Settlement:
 class QueueClient:
     """One consumer's end of a queue, on a connection it owns."""
 
-    def __init__(self, redis: Redis, *, queue: str, forward: str, consumer_id: str) -> None:
+    def __init__(self, redis: Redis, *, queue: str, forward: str, consumer_id: str,
+                 dead_max_entries: int = 100_000) -> None:
         self.redis = redis
         self.queue = queue
         self.forward = forward
         self.consumer_id = consumer_id
+        self.dead_max_entries = check_dead_max_entries(dead_max_entries)
         self.processing = keys.processing(queue, consumer_id)
         self._keys = [self.processing, keys.delayed(queue), keys.dead(queue), forward]
         self._scripts = Scripts(redis)
@@ -92,9 +103,14 @@ class QueueClient:
         )
         return [job] if isinstance(job, bytes) else []
 
-    async def settle(self, settlement: Settlement) -> None:
-        if settlement:
-            await self._scripts.settle(keys=self._keys, args=settlement.ops)
+    async def settle(self, settlement: Settlement) -> int:
+        """Apply a batch's outcome in one atomic step. Returns how many of the oldest
+        dead-letter entries were trimmed to keep the dead list within ``dead_max_entries``."""
+        if not settlement:
+            return 0
+        _, trimmed = await self._scripts.settle(
+            keys=self._keys, args=[self.dead_max_entries, *settlement.ops])
+        return int(trimmed)
 
     def dead_entry(self, raw: bytes, reason: str) -> bytes:
         return dead_entry(self.queue, raw, reason, consumer=self.consumer_id)

@@ -69,6 +69,17 @@ class RefundCompletion:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class KeyBinding:
+    """An Idempotency-Key bound to a payment: the request's fingerprint, whether that request
+    was answered (``confirmed``), and when it was bound."""
+
+    payment: Payment
+    fingerprint: str
+    confirmed: bool
+    bound_at: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RefundDone:
     refund: Refund
     event: Event
@@ -89,10 +100,14 @@ class Store(Protocol):
         ...
 
     async def create_payment_once(self, payment: Payment, key: str,
-                                  fingerprint: str) -> tuple[Payment, str]:
-        """Bind the idempotency ``key`` to ``payment`` and insert it, atomically, unless the key
-        is bound already: then return the payment it is bound to and that request's
-        ``fingerprint`` instead (nothing is inserted)."""
+                                  fingerprint: str) -> KeyBinding:
+        """Bind the idempotency ``key`` to ``payment`` (unconfirmed) and insert it, atomically,
+        unless the key is bound already: then return that binding instead (nothing is
+        inserted)."""
+        ...
+
+    async def confirm_key(self, key: str) -> None:
+        """Note that the request bound to ``key`` is answered (its job is queued)."""
         ...
 
     async def get_payments(self, ids: Sequence[str]) -> dict[str, Payment]:

@@ -22,7 +22,14 @@ from payflow.models import (
     now_iso,
     parse_iso,
 )
-from payflow.store.base import REFUNDABLE, Changed, RefundCompletion, RefundDone, Transition
+from payflow.store.base import (
+    REFUNDABLE,
+    Changed,
+    KeyBinding,
+    RefundCompletion,
+    RefundDone,
+    Transition,
+)
 
 T = TypeVar("T")
 
@@ -43,7 +50,7 @@ class MemoryStore:
         self._events_of: dict[str, list[str]] = {}  # payment id -> event ids
         self._unqueued: dict[str, str] = {}  # event id -> when recorded (outbox)
         self._endpoints: dict[str, WebhookEndpoint] = {}
-        self._keys: dict[str, tuple[str, str, str]] = {}  # key -> (payment id, fingerprint, at)
+        self._keys: dict[str, KeyBinding] = {}
         self._key_of: dict[str, str] = {}  # payment id -> its idempotency key
         self._settings: dict[str, str] = {}
         self._attempts: dict[str, list[DeliveryAttempt]] = {}  # by event id
@@ -62,14 +69,20 @@ class MemoryStore:
         return stored
 
     async def create_payment_once(self, payment: Payment, key: str,
-                                  fingerprint: str) -> tuple[Payment, str]:
+                                  fingerprint: str) -> KeyBinding:
         bound = self._keys.get(key)
-        if bound is not None and bound[0] in self._payments:
-            return self._payments[bound[0]], bound[1]
+        if bound is not None and bound.payment.id in self._payments:
+            return dataclasses.replace(bound, payment=self._payments[bound.payment.id])
         [stored] = await self.create_payments([payment])
-        self._keys[key] = (stored.id, fingerprint, now_iso())
+        binding = KeyBinding(payment=stored, fingerprint=fingerprint, confirmed=False,
+                             bound_at=now_iso())
+        self._keys[key] = binding
         self._key_of[stored.id] = key
-        return stored, fingerprint
+        return binding
+
+    async def confirm_key(self, key: str) -> None:
+        if (bound := self._keys.get(key)) is not None:
+            self._keys[key] = dataclasses.replace(bound, confirmed=True)
 
     async def get_payments(self, ids: Sequence[str]) -> dict[str, Payment]:
         return {i: p for i in ids if (p := self._payments.get(i)) is not None}
@@ -267,9 +280,9 @@ class MemoryStore:
 
     async def prune(self, before: str) -> int:
         moment = parse_iso(before)
-        old_keys = [k for k, (_, _, at) in self._keys.items() if parse_iso(at) < moment]
+        old_keys = [k for k, b in self._keys.items() if parse_iso(b.bound_at) < moment]
         for key in old_keys:
-            self._key_of.pop(self._keys.pop(key)[0], None)
+            self._key_of.pop(self._keys.pop(key).payment.id, None)
         old = [e.id for e in self._events.values()
                if e.id not in self._unqueued and parse_iso(e.timestamp) < moment]
         gone = self._drop_events(old)

@@ -184,6 +184,9 @@ BIND_KEY = """
 INSERT INTO idempotency_keys (key, payment_id, fingerprint, created_at) VALUES ($1, $2, $3, $4)
 ON CONFLICT (key) DO NOTHING RETURNING payment_id"""
 
+GET_BINDING = """
+SELECT payment_id, fingerprint, confirmed, created_at FROM idempotency_keys WHERE key = $1"""
+
 DELETE_PAYMENTS = """
 WITH keys AS (DELETE FROM idempotency_keys WHERE payment_id = ANY($1::text[]))
 DELETE FROM payments WHERE id = ANY($1::text[])"""

@@ -39,7 +39,14 @@ from payflow.models import (
 from payflow.store import migrate as migrations
 from payflow.store import pg_rows as rows
 from payflow.store import pg_sql as sql
-from payflow.store.base import REFUNDABLE, Changed, RefundCompletion, RefundDone, Transition
+from payflow.store.base import (
+    REFUNDABLE,
+    Changed,
+    KeyBinding,
+    RefundCompletion,
+    RefundDone,
+    Transition,
+)
 from payflow.store.sealing import Sealer
 
 T = TypeVar("T")
@@ -160,15 +167,21 @@ class PostgresStore:
             await self._pool.execute(sql.DELETE_PAYMENTS, list(ids))
 
     async def create_payment_once(self, payment: Payment, key: str,
-                                  fingerprint: str) -> tuple[Payment, str]:
+                                  fingerprint: str) -> KeyBinding:
+        at = now_iso()
         async with self._pool.acquire() as conn, conn.transaction():
-            if await conn.fetchrow(sql.BIND_KEY, key, payment.id, fingerprint, now_iso()):
+            if await conn.fetchrow(sql.BIND_KEY, key, payment.id, fingerprint, at):
                 await conn.fetch(sql.CREATE_PAYMENTS, *rows.payment_columns([payment]))
-                return payment, fingerprint
-            bound = await conn.fetchrow(
-                "SELECT payment_id, fingerprint FROM idempotency_keys WHERE key = $1", key)
+                return KeyBinding(payment=payment, fingerprint=fingerprint, confirmed=False,
+                                  bound_at=at)
+            bound = await conn.fetchrow(sql.GET_BINDING, key)
             found = await conn.fetch(sql.GET_PAYMENTS, [bound["payment_id"]])
-        return rows.payment(found[0]), str(bound["fingerprint"])
+        return KeyBinding(payment=rows.payment(found[0]), fingerprint=str(bound["fingerprint"]),
+                          confirmed=bool(bound["confirmed"]), bound_at=str(bound["created_at"]))
+
+    async def confirm_key(self, key: str) -> None:
+        await self._pool.execute("UPDATE idempotency_keys SET confirmed = true WHERE key = $1",
+                                 key)
 
     async def transition(self, transitions: Sequence[Transition]) -> list[Changed | None]:
         if not transitions:

@@ -32,6 +32,7 @@ from payflow.web.idempotency import Idempotency
 from payflow.web.idempotency import middleware as idempotency_middleware
 from payflow.web.server import guard_of
 from payflow.webhooks.admin import Webhooks
+from payflow.webhooks.ssrf import AddressPolicy
 
 log = structlog.get_logger("payflow.web")
 
@@ -62,6 +63,8 @@ class WebContext:
     metrics_public: bool = True
     # Idempotency-Key handling for POST /v1/...; None: the header is ignored.
     idempotency: Idempotency | None = None
+    # The delivery's address policy: endpoint URLs it would refuse get a 422; None: unchecked.
+    address_policy: AddressPolicy | None = None
     # Set => every request but /healthz gets 503 (shutdown).
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # The core services the routes call (built from the above).
@@ -73,7 +76,7 @@ class WebContext:
             self.store, push_payment=self.enqueue_payment, push_webhook=self.enqueue_webhook))
         object.__setattr__(self, "webhooks", Webhooks(
             self.store, push_webhook=self.enqueue_webhook,
-            rotation_grace_hours=self.rotation_grace_hours))
+            rotation_grace_hours=self.rotation_grace_hours, policy=self.address_policy))
 
 
 CTX_KEY: Final = web.AppKey("ctx", WebContext)

@@ -62,7 +62,7 @@ class _Handlers:
         """Deliver the event again now, even after it was dead: to one endpoint
         (``{"endpoint_id": …}``) or to every endpoint subscribed to it."""
         endpoint_id = None
-        if request.can_read_body:
+        if request.body_exists:
             body = await read_json_object(request)
             reject_unknown(body, ("endpoint_id",))
             value = body.get("endpoint_id")

@@ -17,11 +17,13 @@ Redis does not answer, a request with a key gets 503 and is not run unprotected.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import re
 import secrets
+from collections.abc import Coroutine
 from typing import Any, Final
 
 import structlog
@@ -33,6 +35,7 @@ from redis.exceptions import RedisError
 
 from payflow.errors import PayFlowError
 from payflow.web import problems
+from payflow.web.body import read_raw
 from payflow.web.keys import API_KEY_NAME
 
 log = structlog.get_logger("payflow.web")
@@ -42,6 +45,10 @@ REPLAYED_HEADER: Final = "Idempotent-Replayed"
 KEY_PREFIX: Final = "payflow:idempotency:"
 MAX_KEY_LENGTH: Final = 255
 REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
+# POST routes that bind their Idempotency-Key in the store themselves (with the resource they
+# create, before its job is queued), so that no Redis outage can let a retry create another.
+BOUND_IN_STORE: Final = frozenset({"/v1/payments"})
+REDACTED: Final = "(shown once, in the first answer; rotate the secret for a new one)"
 _BARE: Final = re.compile(r"[\x20-\x7e]+")
 _SF_STRING: Final = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')  # RFC 8941
 _STORED_ERRORS: Final = frozenset({404, 409})
@@ -68,20 +75,18 @@ class Idempotency:
         self._lock_ms = max(1, int(lock_seconds * 1000))
         self.required = required
         self._finish_script = redis.register_script(_FINISH)
+        self._background: set[asyncio.Future[None]] = set()
 
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if (request.method != "POST" or not request.path.startswith("/v1/")
-                or request.match_info.http_exception is not None):  # no route: 404/405 as is
+                or request.match_info.http_exception is not None  # no route: 404/405 as is
+                or request.path in BOUND_IN_STORE):  # the route binds its key in the store
             return await handler(request)
-        key = parse_key(request.headers.getall(HEADER, []))
-        if key is None:
-            if self.required:
-                raise key_required()
+        binding = await self.binding(request)
+        if binding is None:
             return await handler(request)
-        scope = request.get(API_KEY_NAME, "anonymous")
-        redis_key = f"{KEY_PREFIX}{scope}:{_sha256(key.encode())}"
-        fp = _sha256(b"%s\n%s\n%s" % (request.method.encode(), request.raw_path.encode(),
-                                      await request.read()))
+        key, fp = binding
+        redis_key = KEY_PREFIX + key
         lock = json.dumps({"state": "in_flight", "fp": fp, "token": secrets.token_hex(16)})
         for _ in range(2):  # the key may expire between SET NX and GET: then try once more
             try:
@@ -90,12 +95,34 @@ class Idempotency:
             except REDIS_ERRORS as exc:
                 log.warning("idempotency.redis_error", error_type=type(exc).__name__,
                             error=str(exc))
+                # The SET NX may still happen when a stalled Redis resumes: take that lock
+                # back then, so the key is not locked for a request that never ran.
+                self._later(self._finish(redis_key, lock, None, attempts=20))
                 raise unavailable() from None
             if acquired:  # the handler's own Redis errors are its own (not caught above)
                 return await self._run(request, handler, redis_key, lock, fp)
             if stored is not None:
                 return _answer(json.loads(stored), fp)
         raise in_flight()
+
+    async def binding(self, request: web.Request) -> tuple[str, str] | None:
+        """The request's idempotency key, scoped to its API key (``<scope>:<sha256>``), and the
+        fingerprint of the request (method, path with query, body); None without a key (400
+        when one is required or malformed)."""
+        key = parse_key(request.headers.getall(HEADER, []))
+        if key is None:
+            if self.required:
+                raise key_required()
+            return None
+        scope = request.get(API_KEY_NAME, "anonymous")
+        fp = _sha256(b"%s\n%s\n%s" % (request.method.encode(), request.raw_path.encode(),
+                                       await read_raw(request)))
+        return f"{scope}:{_sha256(key.encode())}", fp
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _run(self, request: web.Request, handler: Handler, redis_key: str, lock: str,
                    fp: str) -> web.StreamResponse:
@@ -113,15 +140,24 @@ class Idempotency:
         await self._finish(redis_key, lock, _response_record(fp, response))
         return response
 
-    async def _finish(self, redis_key: str, lock: str, outcome: dict[str, Any] | None) -> None:
-        """Store ``outcome`` (None: release the key). A failure here must not hide the answer:
-        it is logged, and the lock expires on its own."""
+    async def _finish(self, redis_key: str, lock: str, outcome: dict[str, Any] | None, *,
+                      attempts: int = 1) -> None:
+        """Store ``outcome`` (None: release the key), trying ``attempts`` times a second apart.
+        A failure here must not hide the answer: it is logged, and the lock expires on its
+        own."""
         value = "" if outcome is None else json.dumps(outcome, separators=(",", ":"))
-        try:
-            await self._finish_script(keys=[redis_key], args=[lock, value, self._ttl_ms])
-        except REDIS_ERRORS as exc:
-            log.warning("idempotency.finish_failed", error_type=type(exc).__name__,
-                        error=str(exc), stored=outcome is not None)
+        for attempt in range(attempts):
+            try:
+                done = await self._finish_script(keys=[redis_key], args=[lock, value,
+                                                                         self._ttl_ms])
+                if done or attempts == 1:  # several: the SET NX may not have landed yet
+                    return
+            except REDIS_ERRORS as exc:
+                if attempt + 1 == attempts:
+                    log.warning("idempotency.finish_failed", error_type=type(exc).__name__,
+                                error=str(exc), stored=outcome is not None)
+                    return
+            await asyncio.sleep(1.0)
 
 
 def middleware(idem: Idempotency) -> Middleware:
@@ -180,10 +216,25 @@ def _response_record(fp: str, response: web.StreamResponse) -> dict[str, Any] | 
         log.warning("idempotency.not_storable", status=response.status)
         return None
     return {"state": "done", "fp": fp, "status": response.status,
-            "body": base64.b64encode(body or b"").decode("ascii"),
+            "body": base64.b64encode(_redacted(body or b"")).decode("ascii"),
             "content_type": response.headers.get("Content-Type"),
             "headers": [[k, v] for k, v in response.headers.items()
                         if k.lower() not in _NOT_STORED_HEADERS]}
+
+
+def _redacted(body: bytes) -> bytes:
+    """A stored answer never keeps a secret (shown once: an endpoint's signing secret): a
+    replay says where it went instead."""
+    if b'"secret"' not in body:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(data, dict) and isinstance(data.get("secret"), str):
+        data["secret"] = REDACTED
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return body
 
 
 def _problem_record(fp: str, exc: problems.Problem) -> dict[str, Any]:
@@ -218,16 +269,11 @@ def invalid_key(detail: str) -> problems.Problem:
 
 
 def key_reused() -> problems.Problem:
-    return _problem(422, "idempotency-key-reused", "Idempotency-Key is already used",
-                    "This Idempotency-Key was used with a different request (method, path or "
-                    "body); use a new key for a new request.")
+    return problems.key_reused()
 
 
 def in_flight() -> problems.Problem:
-    return _problem(409, "idempotency-request-in-flight",
-                    "A request is outstanding for this Idempotency-Key",
-                    "A request with this Idempotency-Key is still being processed; retry "
-                    "shortly to get its result.", retry=True)
+    return problems.key_in_flight()
 
 
 def unavailable() -> problems.Problem:

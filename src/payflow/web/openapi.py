@@ -269,7 +269,10 @@ def _endpoint_paths() -> Doc:
     endpoint_id = [_path_param("id", "The endpoint's id (ep_...).")]
     not_found = "webhook_endpoint_not_found: no endpoint has this id."
     invalid = ("unknown_field, invalid_url, invalid_events, invalid_description, invalid_type "
-               "(disabled); param names the field.")
+               "(disabled); param names the field. url_refused (param: url): the URL's host "
+               "can only reach addresses webhook delivery refuses (loopback, private, "
+               "link-local, cloud metadata, ...); the detail names the address class and how "
+               "to allow it ([webhooks] allow_networks).")
     since = _time_query("since", "Replay what failed since then: an ISO-8601 time. Default: "
                         "24 hours ago.", 422)
     since["schema"] = {"type": "string", "format": "date-time"}

@@ -12,6 +12,7 @@ from payflow.models import PaymentStatus
 from payflow.validation import validate_payment_request
 from payflow.web import problems
 from payflow.web.body import read_json_object
+from payflow.web.idempotency import REPLAYED_HEADER
 from payflow.web.params import page_limit, time_param
 
 if TYPE_CHECKING:
@@ -31,13 +32,16 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
 class _PaymentHandlers:
     def __init__(self, ctx: WebContext) -> None:
         self._payments = ctx.payments
+        self._idempotency = ctx.idempotency
 
     async def create(self, request: web.Request) -> web.Response:
         req = validate_payment_request(await read_json_object(request))
-        payment = await self._payments.create(req)
-        return problems.json_response(
-            payment.to_dict(), status=202,
-            headers={"Location": f"{PAYMENTS_PATH}/{payment.id}"})
+        binding = await self._idempotency.binding(request) if self._idempotency else None
+        payment, replayed = await self._payments.create(req, idempotency=binding)
+        headers = {"Location": f"{PAYMENTS_PATH}/{payment.id}"}
+        if replayed:
+            headers[REPLAYED_HEADER] = "true"
+        return problems.json_response(payment.to_dict(), status=202, headers=headers)
 
     async def list(self, request: web.Request) -> web.Response:
         """Newest first, ``limit`` 1-100 (10), cursor ``starting_after``, filters ``status``,

@@ -19,7 +19,15 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from payflow.errors import Conflict, NotFound, PayFlowError, QueueUnavailable, ValidationError
+from payflow.errors import (
+    Conflict,
+    KeyInFlight,
+    KeyReused,
+    NotFound,
+    PayFlowError,
+    QueueUnavailable,
+    ValidationError,
+)
 
 PROBLEM_BASE: Final = "https://payflow.dev/problems/"
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
@@ -101,7 +109,25 @@ def from_error(exc: PayFlowError) -> Problem | None:
         return conflict(exc.detail, code=exc.code, status=exc.status)
     if isinstance(exc, QueueUnavailable):
         return queue_unavailable(exc.detail)
+    if isinstance(exc, KeyReused):
+        return key_reused()
+    if isinstance(exc, KeyInFlight):
+        return key_in_flight()
     return None
+
+
+def key_in_flight() -> Problem:
+    return Problem(409, "idempotency-request-in-flight",
+                   "A request is outstanding for this Idempotency-Key",
+                   "A request with this Idempotency-Key is still being processed; retry "
+                   "shortly to get its result.", code="idempotency_request_in_flight",
+                   headers={"Retry-After": "1"})
+
+
+def key_reused() -> Problem:
+    return Problem(422, "idempotency-key-reused", "Idempotency-Key is already used",
+                   "This Idempotency-Key was used with a different request (method, path or "
+                   "body); use a new key for a new request.", code="idempotency_key_reused")
 
 
 def from_validation_error(exc: ValidationError) -> Problem:

@@ -35,7 +35,7 @@ class _Handlers:
         self.payments = ctx.payments
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await read_json_object(request) if request.can_read_body else {}
+        body = await read_json_object(request) if request.body_exists else {}
         reject_unknown(body, ("amount",))
         amount = body.get("amount")
         if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)

@@ -1,8 +1,9 @@
 """The rules of the webhooks API, for every caller: endpoints (create, update, delete, rotate the
 secret, recover what one missed) and events (read, attempts, deliver again).
 
-Raises :class:`NotFound`, :class:`Conflict`, :class:`QueueUnavailable`; never a Redis or
-database error.
+Raises :class:`ValidationError` (``url_refused``: an endpoint URL that can only reach
+addresses the SSRF policy refuses), :class:`NotFound`, :class:`Conflict`,
+:class:`QueueUnavailable`; never a Redis or database error.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from typing import Any, Final
 import structlog
 
 from payflow import metrics
-from payflow.errors import Conflict, NotFound, QueueUnavailable
+from payflow.errors import Conflict, NotFound, QueueUnavailable, ValidationError
 from payflow.intake import Push, push_or_refuse
 from payflow.jobs import WebhookJob
 from payflow.models import DeliveryAttempt, EndpointSecret, Event, WebhookEndpoint, now_iso
 from payflow.store.base import Store
 from payflow.webhooks import endpoints as eps
 from payflow.webhooks.signing import new_secret
+from payflow.webhooks.ssrf import (
+    AddressPolicy,
+    HostResolver,
+    SSRFRefused,
+    check_destination,
+    system_resolve,
+)
 
 log = structlog.get_logger("payflow.webhooks")
 
@@ -32,10 +40,16 @@ _PAGE: Final = 500
 
 class Webhooks:
     def __init__(self, store: Store, *, push_webhook: Push | None,
-                 rotation_grace_hours: float) -> None:
+                 rotation_grace_hours: float, policy: AddressPolicy | None = None,
+                 resolve: HostResolver = system_resolve) -> None:
+        """``policy``: the delivery's address policy, which endpoint URLs are checked
+        against when created or changed (``None``: not checked); ``resolve``: how host names
+        are looked up for that check (tests give a stub)."""
         self.store = store
         self.push_webhook = push_webhook
         self.rotation_grace_hours = rotation_grace_hours
+        self.policy = policy
+        self.resolve = resolve
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -50,6 +64,7 @@ class Webhooks:
 
     async def create_endpoint(self, fields: dict[str, Any]) -> tuple[WebhookEndpoint, str]:
         """A new endpoint and its signing secret (shown once)."""
+        await self._check_url(fields["url"])
         secret = new_secret()
         endpoint = WebhookEndpoint(id=eps.new_endpoint_id(),
                                    secrets=(EndpointSecret(secret=secret),), **fields)
@@ -59,6 +74,8 @@ class Webhooks:
 
     async def update_endpoint(self, endpoint_id: str, fields: dict[str, Any]) -> WebhookEndpoint:
         endpoint = await self.endpoint(endpoint_id)
+        if "url" in fields:
+            await self._check_url(fields["url"])
         if fields.get("disabled") is False:  # re-enabled: a clean slate
             fields = {**fields, "disabled_reason": None, "failing_since": None}
         elif fields.get("disabled") is True and not endpoint.disabled:
@@ -68,6 +85,18 @@ class Webhooks:
         await self.store.put_endpoint(updated)
         log.info("webhook.endpoint_updated", endpoint=endpoint.id, fields=sorted(fields))
         return updated
+
+    async def _check_url(self, url: str) -> None:
+        """Refuse a URL whose host can only reach addresses the policy refuses: delivery
+        would refuse every attempt."""
+        if self.policy is None:
+            return
+        try:
+            await check_destination(url, self.policy, resolve=self.resolve)
+        except SSRFRefused as exc:
+            log.info("webhook.endpoint_url_refused", url=url, reason=exc.reason)
+            raise ValidationError(f"url is refused: {exc.reason}.", param="url",
+                                  code="url_refused") from exc
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         if not await self.store.delete_endpoint(endpoint_id):

@@ -3,6 +3,7 @@ the bookkeeping that disables an endpoint that is gone (410) or has failed for t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import secrets
@@ -17,6 +18,7 @@ from payflow.models import EndpointSecret, WebhookEndpoint, iso, now_iso, parse_
 from payflow.store.base import Store
 from payflow.store.front import StoreFront
 from payflow.webhooks.signing import new_secret
+from payflow.webhooks.ssrf import AddressPolicy, SSRFRefused, check_destination
 
 log = structlog.get_logger("payflow.webhooks")
 
@@ -37,9 +39,15 @@ def from_config(cfg: EndpointConfig) -> WebhookEndpoint:
         enabled_events=cfg.enabled_events, description=cfg.description, source="config")
 
 
-async def seed_endpoints(store: Store, configured: Iterable[EndpointConfig]) -> None:
+async def seed_endpoints(store: Store, configured: Iterable[EndpointConfig],
+                         policy: AddressPolicy | None = None) -> None:
     """Put the configured endpoints into the store; one already there keeps its state
-    (disabled or not, rotated secrets) but takes the configured events and description."""
+    (disabled or not, rotated secrets) but takes the configured events and description.
+
+    They are the operator's, so none is refused here; but with ``policy``, one whose URL can
+    only reach addresses the policy refuses (delivery would refuse every attempt) is logged
+    as a warning. The checks run together, each lookup bounded by a short timeout."""
+    configured = list(configured)
     for cfg in configured:
         endpoint = from_config(cfg)
         known = (await store.get_endpoints([endpoint.id])).get(endpoint.id)
@@ -50,6 +58,16 @@ async def seed_endpoints(store: Store, configured: Iterable[EndpointConfig]) -> 
         if not endpoint.secrets:
             log.warning("webhook.endpoint_unsigned", endpoint=endpoint.id, url=endpoint.url,
                         detail="no secret configured: its webhooks carry no signature")
+    if policy is not None:
+        await asyncio.gather(*(_warn_if_refused(cfg.url, policy) for cfg in configured))
+
+
+async def _warn_if_refused(url: str, policy: AddressPolicy) -> None:
+    try:
+        await check_destination(url, policy)
+    except SSRFRefused as exc:
+        log.warning("webhook.endpoint_refused", endpoint=config_endpoint_id(url), url=url,
+                    reason=exc.reason, detail="every delivery to it will be refused")
 
 
 async def rotate_secret(store: Store, endpoint: WebhookEndpoint, *,

@@ -12,6 +12,13 @@ Enforcement lives in the connector, so it holds for every request of the session
   check and the connect is impossible), and its DNS cache holds only filtered results.
 - :class:`GuardedConnector` also checks IP-literal hosts, for which aiohttp skips the resolver.
 - :func:`check_url` refuses a bad scheme or an IP-literal host up front, without a connection.
+- :func:`check_destination` is what endpoint creation asks: :func:`check_url`, then, for a
+  name, an asynchronous lookup (short timeout) that refuses a name resolving only to refused
+  addresses. A name that does not resolve is let through: its DNS may come later.
+
+An IP literal with a trailing dot (``127.0.0.1.``) is the same address everywhere here (else
+it would fail as a name, or as a non-canonical address, and be retried for nothing): it is
+judged, and connected to, as ``127.0.0.1``.
 
 A refusal is an :class:`SSRFRefused` (an ``OSError``); aiohttp wraps it in a
 ``ClientConnectorDNSError``, and :func:`refusal_in` digs it out so delivery can record the
@@ -20,9 +27,10 @@ reason and not retry an attempt that can never succeed.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +47,9 @@ log = structlog.get_logger("payflow.webhooks")
 
 IPAddress = IPv4Address | IPv6Address
 SCHEMES = frozenset({"http", "https"})
+# A host name -> the addresses it resolves to (as text); raises OSError when it does not.
+HostResolver = Callable[[str], Awaitable[Sequence[str]]]
+RESOLVE_TIMEOUT = 2.0  # seconds a creation-time lookup may take
 
 
 def _table(*groups: tuple[str, str]) -> tuple[tuple[Any, str], ...]:
@@ -121,7 +132,7 @@ class AddressPolicy:
         ip = _unscoped(ip)
         text = _text(ip)
         what = f"{culprit}, {_article(name)} {name} address"
-        literal = _parse_ip(host) == ip
+        literal = _parse_ip(_bare(host)) == ip
         if culprit != ip:
             what = f"{text} embeds {what}" if literal else f"{text}, which embeds {what}"
         if not literal:
@@ -190,6 +201,12 @@ def _parse_ip(text: str) -> IPAddress | None:
         return None
 
 
+def _bare(host: str) -> str:
+    """``host`` without the trailing dot(s) of a fully qualified form: ``127.0.0.1.`` names
+    the address 127.0.0.1."""
+    return host.rstrip(".") or host
+
+
 class GuardedResolver(AbstractResolver):
     """Resolves with ``inner`` (a :class:`~aiohttp.resolver.ThreadedResolver`, i.e. the system's
     getaddrinfo, by default) and returns only the addresses ``policy`` allows; when it allows
@@ -243,9 +260,11 @@ class GuardedConnector(aiohttp.TCPConnector):
 
     async def _resolve_host(self, host: str, port: int,
                             traces: Sequence[Trace] | None = None) -> list[ResolveResult]:
-        ip = _parse_ip(host)
-        if ip is not None and (exc := self.policy.refuse(host, ip)) is not None:
-            raise exc  # an OSError: aiohttp wraps it in ClientConnectorDNSError
+        ip = _parse_ip(_bare(host))
+        if ip is not None:
+            if (exc := self.policy.refuse(host, ip)) is not None:
+                raise exc  # an OSError: aiohttp wraps it in ClientConnectorDNSError
+            host = _bare(host)  # "127.0.0.1." connects to 127.0.0.1, without a DNS lookup
         return await super()._resolve_host(host, port, traces=traces)
 
 
@@ -271,10 +290,10 @@ def check_url(url: str, policy: AddressPolicy) -> None:
     host = parsed.host
     if not host:
         raise SSRFRefused("", None, f"{url!r} has no host")
-    ip = _parse_ip(host)
+    ip = _parse_ip(_bare(host))
     if ip is not None and (exc := policy.refuse(host, ip)) is not None:
         raise exc
-    if ip is None and (legacy := _legacy_ipv4(host)) is not None:
+    if ip is None and (legacy := _legacy_ipv4(_bare(host))) is not None:
         # 2130706433, 0x7f.1, 127.1: getaddrinfo maps these onto an address (newer aiohttp
         # rejects them outright); refuse them here with the reason, never retry them
         raise policy.refuse(host, legacy) or SSRFRefused(
@@ -286,6 +305,47 @@ def _legacy_ipv4(host: str) -> IPv4Address | None:
         return IPv4Address(socket.inet_aton(host))
     except (OSError, ValueError):
         return None
+
+
+async def system_resolve(host: str) -> list[str]:
+    """The addresses ``host`` resolves to, by the system's getaddrinfo (in a thread)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def check_destination(url: str, policy: AddressPolicy, *,
+                            resolve: HostResolver = system_resolve,
+                            lookup_seconds: float = RESOLVE_TIMEOUT) -> None:
+    """Refuse (:class:`SSRFRefused`) a URL that can only reach refused addresses: what
+    :func:`check_url` refuses, and a host name all of whose addresses ``policy`` refuses
+    (the first one gives the reason). A name that does not resolve within ``lookup_seconds``,
+    or at all, passes: it is logged, and delivery checks it again when it resolves."""
+    check_url(url, policy)
+    host = URL(url).host or ""
+    if _parse_ip(_bare(host)) is not None:
+        return  # an allowed literal
+    try:
+        async with asyncio.timeout(lookup_seconds):
+            found = await resolve(host)
+    except (OSError, TimeoutError, UnicodeError) as err:
+        log.info("webhook.endpoint_unresolved", host=host,
+                 detail=f"{host} does not resolve ({str(err) or 'timed out'}); it is checked "
+                        "again at delivery")
+        return
+    refused: list[SSRFRefused] = []
+    for address in found:
+        ip = _parse_ip(address)
+        if ip is None:
+            refused.append(SSRFRefused(host, address, f"{host} resolves to {address!r}, "
+                                                      "which is not an IP address"))
+        elif (exc := policy.refuse(host, ip)) is None:
+            return  # one allowed address is enough: delivery connects only to those
+        else:
+            refused.append(exc)
+    if refused:
+        raise refused[0]
+    log.info("webhook.endpoint_unresolved", host=host,
+             detail=f"{host} resolves to no address; it is checked again at delivery")
 
 
 def refusal_in(exc: BaseException) -> SSRFRefused | None:

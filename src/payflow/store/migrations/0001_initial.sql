@@ -98,6 +98,7 @@ CREATE TABLE idempotency_keys (
     key text PRIMARY KEY,
     payment_id text NOT NULL,
     fingerprint text NOT NULL,
+    confirmed boolean NOT NULL DEFAULT false,  -- its request was answered
     created_at text COLLATE "C" NOT NULL
 );
 CREATE INDEX idempotency_keys_payment_id ON idempotency_keys (payment_id);
