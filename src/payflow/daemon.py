@@ -43,7 +43,12 @@ from payflow.store import Store, open_store
 from payflow.store.front import StoreFront
 from payflow.web import WebContext, create_app
 from payflow.web.idempotency import Idempotency
-from payflow.web.server import ConnectionGuard, GuardedSite
+from payflow.web.server import (
+    ConnectionGuard,
+    GuardedSite,
+    quiet_accept_errors,
+    raise_file_limit,
+)
 from payflow.webhooks.delivery import HttpDelivery, LogSink
 from payflow.webhooks.endpoints import seed_endpoints
 from payflow.webhooks.outbox import sweep_once, sweep_pending
@@ -110,6 +115,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        quiet_accept_errors(loop)
+        raise_file_limit()
         url = cfg.redis.url
         if url == "embedded":
             self._embedded = EmbeddedRedis(cfg.redis.embedded_port)

@@ -181,3 +181,32 @@ class GuardedSite(web.TCPSite):
         self._server = await loop.create_server(
             self.guard.factory(server, **self.handler_kwargs), self._host, self._port,
             backlog=self._backlog, reuse_address=self._reuse_address)
+
+
+_accept_errors = Throttled("http.accept_failed", every=5.0)
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log the event loop's accept() failures (out of file descriptors under a flood of
+    connections) as one line per 5 s instead of a traceback each; other errors as before."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if "accept" in str(context.get("message", "")) and isinstance(exc, OSError):
+            _accept_errors(error=f"{type(exc).__name__}: {exc}")
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
+def raise_file_limit() -> None:
+    """Let this process open as many files as its hard limit allows (connections are files)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not on this platform, or not allowed
+        pass
