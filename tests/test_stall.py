@@ -100,3 +100,30 @@ async def test_a_redis_stall_never_charges_a_refused_payment_nor_twice_for_a_key
     print(f"\nstall: {CLIENTS * KEYS_EACH} keys, {refused} answers 503 during the stall, "
           f"{len(payments)} payments, each charged once")
     assert d.stop() == 0
+
+
+async def test_concurrency_is_not_an_outage(make_daemon: Callable[..., Daemon],
+                                            redis_server: RedisServer) -> None:
+    """Far more concurrent requests than any Redis pool holds (redis-py's default is 100) on a
+    healthy Redis: every one is answered 2xx, none 503."""
+    d = make_daemon(redis_server.url, PAYFLOW_LOG_FORMAT="json")
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+        async def pay(n: int) -> int:
+            headers = {"Idempotency-Key": f"c-{n}"} if n % 2 else {}
+            async with http.post(d.base_url + "/v1/payments", json=BODY,
+                                 headers=headers) as resp:
+                return resp.status
+
+        async def endpoint(n: int) -> int:  # through the Redis idempotency middleware
+            async with http.post(d.base_url + "/v1/webhook_endpoints",
+                                 json={"url": f"https://example.com/hook/{n}"},
+                                 headers={"Idempotency-Key": f"e-{n}"}) as resp:
+                return resp.status
+
+        statuses = await asyncio.gather(*(pay(n) for n in range(600)),
+                                        *(endpoint(n) for n in range(300)))
+    assert Counter(statuses) == Counter({202: 600, 201: 300})
+    assert "MaxConnectionsError" not in d.output()
