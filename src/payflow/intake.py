@@ -35,6 +35,7 @@ from payflow.models import (
 )
 from payflow.queue.producer import NotSent, Uncertain
 from payflow.store.base import REFUNDABLE, Store, Transition
+from payflow.store.front import StoreFront
 from payflow.validation import PaymentRequest
 
 log = structlog.get_logger("payflow.intake")
@@ -64,6 +65,7 @@ async def push_or_refuse(push: Push, raw: bytes, detail: str) -> None:
 class Payments:
     def __init__(self, store: Store, *, push_payment: Push, push_webhook: Push | None) -> None:
         self.store = store
+        self.front = StoreFront(store)  # concurrent requests' inserts share one statement
         self.push_payment = push_payment
         self.push_webhook = push_webhook
 
@@ -94,7 +96,7 @@ class Payments:
                 log.info("idempotency.replayed", payment_id=stored.id)
                 return stored, True
         else:
-            [stored] = await self.store.create_payments([payment])
+            stored = await self.front.create_payment(payment)
         # The job names the payment and nothing else: a job for a payment that is gone is
         # dead-lettered, never turned into a new payment.
         raw = PaymentJob(payment_id=payment.id).encode()

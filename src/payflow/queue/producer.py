@@ -1,15 +1,17 @@
 """Pushing the API's jobs: concurrent pushes share one round trip, and a failure says whether
 the job may have reached Redis.
 
-Every push onto a queue made in the same loop iteration goes out as one ``LPUSH`` with many
-values (a :class:`~payflow.store.front.Coalescer`), on one connection this producer owns, so a
-thousand concurrent requests never need a thousand connections. A push fails with
-:class:`NotSent` when the connection could not even be made (Redis is away: nothing happened),
-and with :class:`Uncertain` when the command was sent but no answer came (Redis stalled or went
-away mid-command: the job may be queued, or not). After an idle second a PING goes first, so
-that a Redis that went away while nothing was pushed is found out before anything is sent.
-The caller keeps what it stored in the second case; the sweeper re-queues a payment whose job
-was lost, and a duplicate job is a no-op.
+The pushes onto a queue go out as one ``LPUSH`` with many values (a serial
+:class:`~payflow.store.front.Coalescer`: while one ``LPUSH`` is in flight the next requests'
+jobs gather for the next), on one connection this producer owns: a thousand concurrent
+requests never need a thousand connections, and the busier it is the bigger the batches.
+
+A push fails with :class:`NotSent` when Redis could not be reached (nothing happened), and with
+:class:`Uncertain` when the command was sent but no answer came (Redis stalled or went away
+mid-command: the job may be queued, or not). After an idle second, or a failure, a PING goes
+first, so that a Redis that went away meanwhile is found out before anything is sent. The
+caller keeps what it stored in the second case; the sweeper re-queues a payment whose job was
+lost, and a duplicate job is a no-op.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Producer:
         and hide which attempt was lost)."""
         self.redis = redis
         self._last_ok = float("-inf")  # loop time of the last push that Redis answered
-        self._pushers = {queue: Coalescer(self._lpush(queue)) for queue in queues}
+        self._pushers = {queue: Coalescer(self._lpush(queue), serial=True) for queue in queues}
 
     def _lpush(self, queue: str) -> Callable[[list[bytes]], Awaitable[list[None]]]:
         async def run(raws: list[bytes]) -> list[None]:

@@ -22,29 +22,48 @@ T = TypeVar("T")
 
 class Coalescer(Generic[K, V]):
     """``await c(item)``: the items of the calls made in one loop iteration go to one
-    ``run(items)`` call (at most ``max_batch`` each), whose results come back in order."""
+    ``run(items)`` call (at most ``max_batch`` each), whose results come back in order.
+
+    ``serial``: at most one ``run`` at a time; the items that arrive meanwhile wait and go
+    together in the next one, so batches grow with the load (one connection, one round trip
+    in flight)."""
 
     def __init__(self, run: Callable[[list[K]], Awaitable[Sequence[V]]], *,
-                 max_batch: int = 1000) -> None:
+                 max_batch: int = 1000, serial: bool = False) -> None:
         self._run = run
         self._max = max_batch
+        self._serial = serial
+        self._busy = False
+        self._scheduled = False
         self._waiting: list[tuple[K, asyncio.Future[V]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, item: K) -> V:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[V] = loop.create_future()
-        if not self._waiting:
-            loop.call_soon(self._flush)
         self._waiting.append((item, future))
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
+        self._scheduled = False
+        if not self._waiting:
+            return
+        if self._serial:
+            batch, self._waiting = self._waiting[:self._max], self._waiting[self._max:]
+            self._busy = True
+            self._start(batch)
+            return
         waiting, self._waiting = self._waiting, []
         for start in range(0, len(waiting), self._max):
-            task = asyncio.ensure_future(self._call(waiting[start:start + self._max]))
-            self._tasks.add(task)  # keep a reference until it is done
-            task.add_done_callback(self._tasks.discard)
+            self._start(waiting[start:start + self._max])
+
+    def _start(self, batch: list[tuple[K, asyncio.Future[V]]]) -> None:
+        task = asyncio.ensure_future(self._call(batch))
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
 
     async def _call(self, batch: list[tuple[K, asyncio.Future[V]]]) -> None:
         try:
@@ -56,6 +75,11 @@ class Coalescer(Generic[K, V]):
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            if self._serial:
+                self._busy = False
+                if self._waiting:  # what arrived meanwhile goes next, together
+                    self._flush()
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
