@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from conftest import ServeApp
 from payflow.jobs import PaymentJob, parse_job
+from payflow.logs import add_request_id
 from payflow.models import Payment
 from payflow.processor import card_fingerprint
 from payflow.store.memory import MemoryStore
@@ -161,7 +162,7 @@ async def test_create_card_payment_keeps_no_card_number(api: Api) -> None:
 
 async def test_payment_created_is_logged_with_request_id(api: Api) -> None:
     with structlog.testing.capture_logs(
-        processors=[structlog.contextvars.merge_contextvars]
+        processors=[add_request_id]
     ) as logs:
         resp, data = await api.post(UPI_BODY, headers={"Request-Id": "trace-42"})
     assert resp.status == 202

@@ -36,29 +36,29 @@ class PaymentHandler:
             log.info("job.forwarded", job=job.legacy_text, to="webhooks")
             return Outcome(push=[raw])
         shown = job.legacy_text if job.jid else describe(raw)
-        with structlog.contextvars.bound_contextvars(payment_id=job.payment_id):
-            log.info(f"Job received: {shown}", attempt=job.attempt + 1)
-            try:
-                if isinstance(job, RefundJob):
-                    event = await self.service.refund(job)
-                else:
-                    event = await self.service.process(job)
-            except RetryLater as exc:
-                delay = exc.delay if exc.delay is not None else full_jitter(
-                    job.attempt, base=self.retry_base, cap=self.retry_max, rng=self.rng)
-                log.warning("payment.retry_scheduled", reason=exc.reason,
-                            retry_in=round(delay, 3))
-                again = dataclasses.replace(job, attempt=job.attempt + 1,
-                                            jid=job.jid or new_job_id())
-                return Outcome(delay=[(again.encode(), delay)])
-            if event is None:
-                return Outcome()
-            # Logged before the push is sent so that this line always precedes the webhook
-            # consumer's "Delivering webhook"; the push and the ack are one atomic step.
-            log.info(f"Webhook job queued: {event.legacy_text}", event_id=event.id)
-            store = self.service.store
+        log.info(f"Job received: {shown}", attempt=job.attempt + 1, payment_id=job.payment_id)
+        try:
+            if isinstance(job, RefundJob):
+                event = await self.service.refund(job)
+            else:
+                event = await self.service.process(job)
+        except RetryLater as exc:
+            delay = exc.delay if exc.delay is not None else full_jitter(
+                job.attempt, base=self.retry_base, cap=self.retry_max, rng=self.rng)
+            log.warning("payment.retry_scheduled", payment_id=job.payment_id, reason=exc.reason,
+                        retry_in=round(delay, 3))
+            again = dataclasses.replace(job, attempt=job.attempt + 1,
+                                        jid=job.jid or new_job_id())
+            return Outcome(delay=[(again.encode(), delay)])
+        if event is None:
+            return Outcome()
+        # Logged before the push is sent so that this line always precedes the webhook
+        # consumer's "Delivering webhook"; the push and the ack are one atomic step.
+        log.info(f"Webhook job queued: {event.legacy_text}", event_id=event.id,
+                 payment_id=job.payment_id)
+        store = self.service.store
 
-            async def enqueued() -> None:  # the outbox: this event needs no sweeping
-                await store.mark_enqueued(event.id)
+        async def enqueued() -> None:  # the outbox: this event needs no sweeping
+            await store.mark_enqueued(event.id)
 
-            return Outcome(push=[WebhookJob.for_event(event).encode()], after=enqueued)
+        return Outcome(push=[WebhookJob.for_event(event).encode()], after=enqueued)

@@ -25,13 +25,13 @@ refund and event snapshots) are ignored but for the event's id. Anything else ra
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-import secrets
 from typing import Any
 
+import orjson
+
 from payflow.errors import InvalidJob
-from payflow.models import ALL_EVENT_TYPES, METHODS, Event
+from payflow.models import ALL_EVENT_TYPES, METHODS, Event, new_local_id
 
 _ID = r"[A-Za-z0-9_\-]{1,128}"
 _LEGACY_PAYMENT = re.compile(rf"process_payment:(?P<id>{_ID}):(?P<method>[A-Za-z_]+)")
@@ -40,7 +40,7 @@ _ID_RE = re.compile(_ID)
 
 
 def new_job_id() -> str:
-    return "job_" + secrets.token_hex(8)
+    return new_local_id("job_")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -122,7 +122,7 @@ Job = PaymentJob | RefundJob | WebhookJob
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(body)
 
 
 def describe(raw: bytes, limit: int = 120) -> str:
@@ -171,7 +171,7 @@ def _payment_id(value: object) -> str:
 
 def _parse_envelope(text: str) -> Job:
     try:
-        body = json.loads(text)
+        body = orjson.loads(text)
     except ValueError as exc:
         raise InvalidJob(f"malformed JSON envelope: {exc}") from None
     if not isinstance(body, dict):

@@ -1,7 +1,7 @@
 """The HTTP API's application: :class:`WebContext`, :func:`create_app` and the middleware.
 
 The middleware gives every request a ``Request-Id`` (echoed from the client when sane, else
-``req_<hex>``), binds it into structlog's contextvars for the request's log lines, answers 503
+``req_<hex>``), sets it for the request's log lines (``logs.REQUEST_ID``), answers 503
 while the daemon stops (except ``/healthz``), refuses a declared body over the limit before
 reading it, and renders every error as RFC 9457 problem+json: a :class:`Problem`, a
 :class:`ValidationError`, aiohttp's own 404/405/413, and any unexpected exception (a 500 whose
@@ -24,6 +24,7 @@ from aiohttp.typedefs import Handler, Middleware
 from payflow.config import ApiKeyConfig
 from payflow.errors import PayFlowError
 from payflow.intake import Payments
+from payflow.logs import REQUEST_ID
 from payflow.store.base import Store
 from payflow.web import endpoints, events, health, openapi, payments, problems, refunds
 from payflow.web.auth import auth_middleware
@@ -121,8 +122,11 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     if connection is not None:
         connection.request_started()
     try:
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        token = REQUEST_ID.set(request_id)
+        try:
             return await _guarded(request, handler, request_id)
+        finally:
+            REQUEST_ID.reset(token)
     finally:
         if connection is not None:
             connection.request_finished()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +30,7 @@ from payflow.models import (
     WebhookEndpoint,
     event_id_for,
     iso,
+    new_local_id,
     now_iso,
 )
 from payflow.queue.consumer import Outcome
@@ -76,22 +76,20 @@ class WebhookHandler:
             log.info("job.forwarded", job=job.legacy_text, to="payments")
             return Outcome(push=[raw])
         event = await self._event(job)
-        with structlog.contextvars.bound_contextvars(event_id=event.id,
-                                                     payment_id=event.subject_id):
-            return await self._deliver_all(job, event)
+        return await self._deliver_all(job, event)
 
     async def _deliver_all(self, job: WebhookJob, event: Event) -> Outcome:
         targets, skipped = await self._targets(job, event)
         attempt_no = job.attempt + 1
         text = event.legacy_text
-        log.info(f"Delivering webhook: {text}", attempt=attempt_no,
+        log.info(f"Delivering webhook: {text}", event_id=event.id, attempt=attempt_no,
                  endpoints=[t.id if t else SINK for t in targets])
         for off in skipped:
             await self._record(event, off.id, attempt_no, "skipped",
                                Attempt(ok=False, error="endpoint disabled"))
         if not targets:
             if not skipped:
-                log.info("webhook.no_subscribers", event_type=event.type,
+                log.info("webhook.no_subscribers", event_id=event.id, event_type=event.type,
                          detail="the event is recorded; an endpoint created later can "
                                 "recover it")
             return Outcome()
@@ -104,7 +102,7 @@ class WebhookHandler:
         for endpoint, attempt in zip(targets, attempts, strict=True):
             ep_id = endpoint.id if endpoint else SINK
             if attempt.ok:
-                log.info(f"Webhook delivered: {text}", endpoint=ep_id,
+                log.info(f"Webhook delivered: {text}", event_id=event.id, endpoint=ep_id,
                          status=attempt.status, latency_ms=round(attempt.latency_ms, 1))
                 await self._record(event, ep_id, attempt_no, "succeeded", attempt)
                 if endpoint is not None and endpoint.failing_since is not None:
@@ -129,7 +127,8 @@ class WebhookHandler:
         attempt_no = job.attempt + 1
         text = event.legacy_text
         if attempt.refused:
-            log.error(f"Webhook refused: {text}", endpoint=ep_id, reason=attempt.reason)
+            log.error(f"Webhook refused: {text}", event_id=event.id, endpoint=ep_id,
+                      reason=attempt.reason)
             await self._record(event, ep_id, attempt_no, "refused", attempt)
             return Dead(f"refused: {attempt.reason}")
         if endpoint is not None and attempt.gone:
@@ -145,14 +144,14 @@ class WebhookHandler:
             await self._record(event, ep_id, attempt_no, "disabled", attempt)
             return None
         if attempt_no >= self.policy.max_attempts:
-            log.error(f"Webhook failed permanently: {text}", endpoint=ep_id,
+            log.error(f"Webhook failed permanently: {text}", event_id=event.id, endpoint=ep_id,
                       attempts=attempt_no, reason=attempt.reason)
             await self._record(event, ep_id, attempt_no, "dead", attempt)
             return Dead(f"gave up after {attempt_no} attempts: {attempt.reason}")
         seconds = (self.policy.retry_after(attempt.retry_after)
                    if attempt.retry_after is not None else self.policy.delay(attempt_no))
-        log.warning(f"Webhook delivery failed: {text}", endpoint=ep_id, attempt=attempt_no,
-                    reason=attempt.reason, retry_in=round(seconds, 3))
+        log.warning(f"Webhook delivery failed: {text}", event_id=event.id, endpoint=ep_id,
+                    attempt=attempt_no, reason=attempt.reason, retry_in=round(seconds, 3))
         next_at = iso(datetime.now(UTC) + timedelta(seconds=seconds))
         await self._record(event, ep_id, attempt_no, "retrying", attempt, next_retry_at=next_at)
         return seconds
@@ -164,7 +163,7 @@ class WebhookHandler:
         if outcome != "skipped":
             metrics.WEBHOOK_SECONDS.observe(attempt.latency_ms / 1000)
         await self.store.add_attempt(DeliveryAttempt(
-            id="att_" + secrets.token_hex(8), event_id=event.id, endpoint_id=endpoint_id,
+            id=new_local_id("att_"), event_id=event.id, endpoint_id=endpoint_id,
             attempt=attempt_no, outcome=outcome, at=now_iso(), status=attempt.status,
             error=attempt.error, latency_ms=attempt.latency_ms, response_body=attempt.body,
             next_retry_at=next_retry_at))
