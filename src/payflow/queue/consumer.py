@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
@@ -135,9 +136,11 @@ class Consumer:
             while not self.stop.is_set():
                 room = self.batch_size - len(running)
                 if room > 0 and loop.time() >= self._resume_at:
-                    for raw in await self._fetch(room, idle=not running) or ():
+                    fetched = await self._fetch(room, idle=not running) or ()
+                    for raw in fetched:
                         running[asyncio.ensure_future(self._outcome(raw))] = raw
-                        self._in_flight.inc()
+                    if fetched:
+                        self._in_flight.inc(len(fetched))
                 if running:
                     done, _ = await asyncio.wait(running, timeout=STREAM_POLL,
                                                  return_when=asyncio.FIRST_COMPLETED)
@@ -175,11 +178,15 @@ class Consumer:
         # Recording the outcome must not be interrupted half-way by a shutdown.
         await asyncio.shield(self._settle(settlement))
         afters = []
+        counts = {"done": 0, "retried": 0, "dead": 0}
         for _, outcome in finished:
-            kind = "dead" if outcome.dead is not None else "retried" if outcome.delay else "done"
-            self._counted[kind].inc()
+            counts["dead" if outcome.dead is not None else
+                   "retried" if outcome.delay else "done"] += 1
             if outcome.after is not None:
                 afters.append(outcome.after())
+        for kind, count in counts.items():  # once per batch, not per job
+            if count:
+                self._counted[kind].inc(count)
         # Side by side, so that a store coalesces them into one round trip.
         for failure in await asyncio.gather(*afters, return_exceptions=True):
             if isinstance(failure, Exception):
@@ -189,8 +196,11 @@ class Consumer:
                 raise failure
 
     async def _outcome(self, raw: bytes) -> Outcome:
-        with self._seconds.time():
+        started = time.perf_counter()
+        try:
             return await self._run_handler(raw)
+        finally:
+            self._seconds.observe(time.perf_counter() - started)
 
     async def _run_handler(self, raw: bytes) -> Outcome:
         try:
