@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from payflow import __version__, cli_dead, cli_listen, cli_store
+from payflow import __version__, cli_dead, cli_listen, cli_pay, cli_push, cli_status, cli_store
 from payflow.errors import ConfigError, StartupError
 
 
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_dead.add_parser(sub)
     cli_listen.add_parser(sub)
     cli_store.add_parsers(sub)
+    cli_status.add_parser(sub)
+    cli_push.add_parser(sub)
+    cli_pay.add_parser(sub)
     return parser
 
 
@@ -84,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_listen.run(args)
     if args.command in ("migrate", "prune"):
         return cli_store.run(args)
+    if args.command == "status":
+        return cli_status.run(args)
+    if args.command == "push":
+        return cli_push.run(args)
+    if args.command == "pay":
+        return cli_pay.run(args)
     parser.print_help()
     return 2
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from payflow.cli_status import NOT_PAYFLOW, never_registered, not_registered_line
 from payflow.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -139,6 +140,9 @@ async def _session(url: str, queues: Sequence[str], action: Action,
 
     client = connect(url, single_connection=False, socket_timeout=None, connect_timeout=5)
     try:
+        if await never_registered(client, queues):
+            print(not_registered_line(url), file=sys.stderr)
+            return NOT_PAYFLOW
         return await action(client, queues, args)
     finally:
         await client.aclose()
