@@ -355,6 +355,8 @@ async def test_a_single_connection_client_follows_the_failover(cluster: Sentinel
         assert await pusher.llen("q:processing") == 2  # the pooled client moved over too
         print(f"\nsingle-connection client: writes failed {errors} times; back on the promoted "
               f"replica {recovered:.1f} s after the primary was killed")
+        # A dead letter on the promoted primary, where `payflow dead` must find it.
+        await pusher.lpush("{payflow_jobs}:dead", b'{"job":"garbage","reason":"test"}')
     finally:
         await client.aclose()
         await pusher.aclose()
