@@ -1,0 +1,1 @@
+"""PayFlow's benchmarks: ``python -m benchmarks.pipeline --help``."""

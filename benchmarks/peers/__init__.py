@@ -1,0 +1,1 @@
+"""The same two-stage pipeline written with arq and with saq, for benchmarks/pipeline.py."""
