@@ -558,3 +558,18 @@ async def test_an_idempotency_key_binds_one_payment(store: Store) -> None:
     await store.delete_payments(["pay_k1"])  # its binding goes with it: the key is free
     freed = await store.create_payment_once(other, "scope:k", "fp2")
     assert (freed.payment.id, freed.fingerprint) == ("pay_k2", "fp2")
+
+
+async def test_stale_refunds_are_the_old_pending_ones(store: Store) -> None:
+    old = "2026-01-01T00:00:00.000Z"
+    await store.create_payments([Payment(id="pay_r", method="upi", amount=100, currency="INR",
+                                         status=PaymentStatus.SUCCEEDED)])
+    for refund_id in ("re_a", "re_b"):
+        assert await store.reserve_refund(Refund(id=refund_id, payment_id="pay_r", amount=10,
+                                                 created_at=old)) is None
+    assert await store.reserve_refund(Refund(id="re_new", payment_id="pay_r",
+                                             amount=10)) is None
+    await store.complete_refunds([RefundCompletion(refund_id="re_b",
+                                                   new=RefundStatus.SUCCEEDED)])
+    stale = await store.stale_refunds("2026-06-01T00:00:00.000Z", 10)
+    assert [r.id for r in stale] == ["re_a"]

@@ -184,8 +184,14 @@ class Payments:
                                   param="amount", code=why)
         raw = RefundJob(refund_id=refund.id, payment_id=payment_id).encode()
         try:
-            await push_or_refuse(self.push_payment, raw, "The refund could not be queued and "
-                                 "was not accepted; retry shortly.")
+            await self.push_payment(raw)
+        except Uncertain as exc:  # as for a payment: kept, the sweeper queues a lost job
+            log.warning("refund.enqueue_uncertain", refund_id=refund.id, error=str(exc))
+        except (NotSent, *PUSH_ERRORS) as exc:
+            await self.store.delete_refund(refund.id)
+            log.warning("refund.enqueue_failed", refund_id=refund.id, error=str(exc))
+            raise QueueUnavailable("The refund could not be queued and was not accepted; "
+                                   "retry shortly.") from None
         except BaseException:
             await self.store.delete_refund(refund.id)
             raise

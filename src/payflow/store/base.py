@@ -163,6 +163,11 @@ class Store(Protocol):
         """A payment's refunds, oldest first."""
         ...
 
+    async def stale_refunds(self, before: str, limit: int) -> list[Refund]:
+        """Refunds still ``pending`` whose ``updated_at`` is before ``before``, oldest first
+        (a sweeper re-queues their jobs)."""
+        ...
+
     async def complete_refunds(self, completions: Sequence[RefundCompletion]
                                ) -> list[RefundDone | None]:
         """Apply each completion in order, atomically as a whole (see

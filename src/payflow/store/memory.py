@@ -175,6 +175,12 @@ class MemoryStore:
     async def list_refunds(self, payment_id: str) -> list[Refund]:
         return self._refunds_for(payment_id)
 
+    async def stale_refunds(self, before: str, limit: int) -> list[Refund]:
+        moment = parse_iso(before)
+        stale = [r for r in self._refunds.values()
+                 if r.status is RefundStatus.PENDING and parse_iso(r.updated_at) < moment]
+        return sorted(stale, key=lambda r: r.updated_at)[:limit]
+
     async def complete_refunds(self, completions: Sequence[RefundCompletion]
                                ) -> list[RefundDone | None]:
         return [self._complete_refund(c) for c in completions]

@@ -75,6 +75,10 @@ STALE_PENDING = f"""
 SELECT {PAYMENT} FROM payments WHERE status = 'pending' AND updated_at < $1
 ORDER BY updated_at, seq LIMIT $2"""
 
+STALE_REFUNDS = f"""
+SELECT {REFUND} FROM refunds WHERE status = 'pending' AND updated_at < $1
+ORDER BY updated_at, seq LIMIT $2"""
+
 RESERVE_REFUND = f"""
 WITH reserved AS (
     UPDATE payments SET amount_reserved = amount_reserved + $3::bigint

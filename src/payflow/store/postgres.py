@@ -263,6 +263,11 @@ class PostgresStore:
                                        "WHERE id = ANY($1::text[])", list(ids))
         return _in_order(ids, {r["id"]: rows.refund(r) for r in found})
 
+    async def stale_refunds(self, before: str, limit: int) -> list[Refund]:
+        found = await self._pool.fetch(sql.STALE_REFUNDS, rows.time_bound(before, up=True),
+                                       limit)
+        return [rows.refund(r) for r in found]
+
     async def list_refunds(self, payment_id: str) -> list[Refund]:
         found = await self._pool.fetch(f"SELECT {rows.REFUND} FROM refunds "
                                        "WHERE payment_id = $1 ORDER BY seq", payment_id)

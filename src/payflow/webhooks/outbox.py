@@ -3,9 +3,9 @@
 - Events recorded with their state change whose webhook job never reached Redis (the daemon
   died between the store's commit and the queue's settle, or Redis was away). A duplicate
   carries the same event id, which receivers deduplicate on.
-- Payments still pending long after they were created: their job was lost (a daemon died
-  between the store's insert and the push, or Redis lost it). A duplicate job is a no-op: the
-  payment's compare-and-set lets one job through.
+- Payments and refunds still pending long after their last change: their job was lost (a
+  daemon died between the store's insert and the push, a push whose answer was lost, or Redis
+  lost it). A duplicate job is a no-op: the compare-and-set lets one job through.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from payflow.jobs import PaymentJob, WebhookJob
+from payflow.jobs import PaymentJob, RefundJob, WebhookJob
 from payflow.models import iso
 from payflow.store.base import Store
 
@@ -42,12 +42,17 @@ async def sweep_once(store: Store, push_many: Callable[[Sequence[bytes]], Awaita
 
 async def sweep_pending(store: Store, push_many: Callable[[Sequence[bytes]], Awaitable[None]], *,
                         after_seconds: float) -> int:
-    """Queue again the jobs of payments pending for ``after_seconds``; returns how many."""
+    """Queue again the jobs of payments and refunds pending for ``after_seconds``; returns how
+    many."""
     before = iso(datetime.now(UTC) - timedelta(seconds=after_seconds))
     stale = await store.stale_pending(before, BATCH)
-    if not stale:
+    refunds = await store.stale_refunds(before, BATCH)
+    if not stale and not refunds:
         return 0
-    await push_many([PaymentJob(payment_id=p.id, method=p.method).encode() for p in stale])
-    log.warning("sweeper.requeued_pending", payments=len(stale), after_seconds=after_seconds,
-                detail="pending payments whose jobs were lost were queued again")
-    return len(stale)
+    await push_many([PaymentJob(payment_id=p.id).encode() for p in stale]
+                    + [RefundJob(refund_id=r.id, payment_id=r.payment_id).encode()
+                       for r in refunds])
+    log.warning("sweeper.requeued_pending", payments=len(stale), refunds=len(refunds),
+                after_seconds=after_seconds,
+                detail="pending payments and refunds whose jobs were lost were queued again")
+    return len(stale) + len(refunds)

@@ -44,6 +44,7 @@ CREATE TABLE refunds (
     updated_at text COLLATE "C" NOT NULL
 );
 CREATE INDEX refunds_payment_id ON refunds (payment_id, seq);
+CREATE INDEX refunds_pending ON refunds (updated_at) WHERE status = 'pending';
 
 CREATE TABLE events (
     seq bigint GENERATED ALWAYS AS IDENTITY,
