@@ -60,10 +60,28 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    # Libraries that use the standard library (aiohttp's access log is off) go to stderr.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Libraries that use the standard library (aiohttp, redis, asyncio; aiohttp's access log is
+    # off) go through structlog too, from WARNING: a JSON log holds only JSON lines.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibToStructlog)]:
+        root.removeHandler(handler)
+    root.addHandler(StdlibToStructlog())
+    root.setLevel(logging.WARNING)
     return chosen
+
+
+class StdlibToStructlog(logging.Handler):
+    """Forwards a standard library log record to structlog: its level, message, logger name
+    (field ``logger``) and exception, if any."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
+        except Exception:  # logging must not raise
+            self.handleError(record)
 
 
 # The HTTP request a log line belongs to (set by the web middleware for the request's task).

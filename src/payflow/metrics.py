@@ -41,6 +41,18 @@ WEBHOOK_SECONDS = Histogram("payflow_webhook_delivery_seconds", "Time of one del
 DEAD_TRIMMED = Counter("payflow_dead_trimmed", "Oldest dead-letter entries dropped to keep a "
                        "dead list within [queue] dead_max_entries, by queue.", ["queue"],
                        registry=REGISTRY)
+WEBHOOK_ATTEMPTS_BY_ENDPOINT = Counter(
+    "payflow_webhook_attempts_by_endpoint", "Webhook delivery attempts to endpoints (not the log "
+    "sink), by endpoint id and outcome.", ["endpoint", "outcome"], registry=REGISTRY)
+REDIS_RECONNECTS = Counter("payflow_redis_reconnects", "Consumers that fetched again after "
+                           "failed fetches (queue.reconnected), by queue.", ["queue"],
+                           registry=REGISTRY)
+HTTP_REQUESTS = Counter("payflow_http_requests", "HTTP requests answered, by method, route "
+                        "template (unmatched: no route) and status.", ["method", "route", "status"],
+                        registry=REGISTRY)
+HTTP_SECONDS = Histogram("payflow_http_request_seconds", "Time to answer an HTTP request, by "
+                         "method and route template.", ["method", "route"], buckets=_LATENCY,
+                         registry=REGISTRY)
 ENDPOINTS_DISABLED = Counter("payflow_webhook_endpoints_disabled", "Endpoints disabled, by "
                              "cause (gone, failing, api).", ["cause"], registry=REGISTRY)
 

@@ -68,6 +68,7 @@ class Consumer:
         self._counted = {kind: metrics.JOBS.labels(client.queue, kind)
                          for kind in ("done", "retried", "dead")}
         self._dead_trimmed = metrics.DEAD_TRIMMED.labels(client.queue)
+        self._reconnects = metrics.REDIS_RECONNECTS.labels(client.queue)
         self._failures = 0  # consecutive failed fetches
         self._orphans = False  # a failed fetch may have moved jobs we never saw
         self._resume_at = 0.0  # loop time before which a streaming consumer does not fetch
@@ -105,6 +106,7 @@ class Consumer:
             return None
         if self._failures:
             self.log.info("queue.reconnected", after_failures=self._failures)
+            self._reconnects.inc()
             self._failures = 0
         return raws
 

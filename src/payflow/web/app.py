@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -20,7 +21,9 @@ from typing import Final
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from prometheus_client import Counter, Histogram
 
+from payflow import metrics
 from payflow.config import ApiKeyConfig
 from payflow.errors import PayFlowError
 from payflow.intake import Payments
@@ -116,6 +119,7 @@ def _incoming_request_id(value: str | None) -> str:
 
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
     request_id = _incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
     request[REQUEST_ID_KEY] = request_id
     connection = guard_of(request)
@@ -123,13 +127,45 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         connection.request_started()
     try:
         token = REQUEST_ID.set(request_id)
+        status: int | None = None  # None: no answer (cancelled): not counted
         try:
-            return await _guarded(request, handler, request_id)
+            response = await _guarded(request, handler, request_id)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # a redirect, re-raised by _guarded
+            status = exc.status
+            raise
         finally:
+            if status is not None:
+                _observe(request, status, started)
             REQUEST_ID.reset(token)
     finally:
         if connection is not None:
             connection.request_finished()
+
+
+# Methods counted by name; any other (a client may send any token) is counted as OTHER.
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# (method, route, status) -> (the request counter's child, the duration histogram's child)
+_CHILDREN: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def _observe(request: web.Request, status: int, started: float) -> None:
+    """Count the request, time it and write its access log line; ``route`` is the route's
+    template (``/v1/payments/{payment_id}``), ``unmatched`` without one, so that the paths
+    clients make up never become label values."""
+    seconds = time.perf_counter() - started
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "OTHER"
+    key = (method, route, status)
+    if (children := _CHILDREN.get(key)) is None:
+        children = _CHILDREN[key] = (metrics.HTTP_REQUESTS.labels(method, route, str(status)),
+                                     metrics.HTTP_SECONDS.labels(method, route))
+    children[0].inc()
+    children[1].observe(seconds)
+    log.info("http.request", method=method, path=route, status=status,
+             duration_ms=round(seconds * 1000, 3))
 
 
 async def _guarded(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:

@@ -160,6 +160,8 @@ class WebhookHandler:
                       attempt: Attempt, *, next_retry_at: str | None = None) -> None:
         status = metrics.status_class(attempt.status, ok=attempt.ok)
         metrics.WEBHOOK_ATTEMPTS.labels(outcome, status).inc()
+        if endpoint_id != SINK:  # endpoint ids are bounded by the operator
+            metrics.WEBHOOK_ATTEMPTS_BY_ENDPOINT.labels(endpoint_id, outcome).inc()
         if outcome != "skipped":
             metrics.WEBHOOK_SECONDS.observe(attempt.latency_ms / 1000)
         await self.store.add_attempt(DeliveryAttempt(
