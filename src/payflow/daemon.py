@@ -25,7 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from payflow import metrics
+from payflow import logs, metrics
 from payflow._config_parse import mask_url
 from payflow.config import Config, config_summary
 from payflow.embedded import EmbeddedRedis
@@ -92,6 +92,7 @@ class Daemon:
                 log.warning("daemon.forced_exit",
                             detail="second SIGINT: exiting now; unacknowledged jobs stay in "
                                    "their processing lists")
+                logs.flush()  # os._exit skips atexit: no buffered line is dropped
                 os._exit(130)
             return
         log.info("daemon.stopping", signal=signame)

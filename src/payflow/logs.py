@@ -12,7 +12,7 @@ import atexit
 import contextvars
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, BinaryIO, TextIO
 
 import orjson
@@ -49,6 +49,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
             out.flush()
             lines = BufferedLines(binary)
             atexit.register(lines.flush)
+            _flushers.append(lines.flush)
             factory = lambda *_: lines  # noqa: E731
         else:
             processors.append(structlog.processors.JSONRenderer())
@@ -87,6 +88,15 @@ class StdlibToStructlog(logging.Handler):
 # The HTTP request a log line belongs to (set by the web middleware for the request's task).
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
                                                                        default=None)
+
+
+_flushers: list[Callable[[], None]] = []
+
+
+def flush() -> None:
+    """Write out buffered log lines now (before an exit that skips ``atexit``)."""
+    for flush_lines in _flushers:
+        flush_lines()
 
 
 def add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
