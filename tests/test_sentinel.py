@@ -36,6 +36,7 @@ from payflow.redis_client import (
     describe,
     parse_sentinel_url,
 )
+from test_chaos import leftovers
 
 SERVICE = "mymaster"
 
@@ -374,17 +375,6 @@ def _delivered(d: Daemon) -> Counter[str]:
                               d.output()))
 
 
-def _left_in_redis(r: redis.Redis) -> dict[str, int]:
-    found = {}
-    for pattern in ("payflow_jobs", "webhook_jobs", "{*}:processing:*", "{*}:delayed",
-                    "{*}:dead"):
-        for key in cast(list[bytes], r.keys(pattern)):
-            size = r.zcard(key) if key.endswith(b":delayed") else r.llen(key)
-            if size:
-                found[key.decode()] = int(size)
-    return found
-
-
 @pytest.mark.redis
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
@@ -413,7 +403,7 @@ def test_daemon_rides_out_a_failover(cluster: SentinelCluster,
     try:
         deadline = killed + 30
         while time.monotonic() < deadline and (len(_delivered(d)) < count
-                                               or _left_in_redis(new)):
+                                               or leftovers(new)):
             assert d.proc is not None and d.proc.poll() is None, d.output()[-3000:]
             time.sleep(0.1)
         recovered = time.monotonic() - killed
@@ -427,11 +417,11 @@ def test_daemon_rides_out_a_failover(cluster: SentinelCluster,
               f"{duplicates} duplicate deliveries; "
               f"{output.count('queue.fetch_failed')} fetch failures, "
               f"{output.count('queue.settle_failed')} settle failures logged; "
-              f"left in Redis: {_left_in_redis(new)}")
+              f"left in Redis: {leftovers(new)}")
         assert d.proc is not None and d.proc.poll() is None  # it never exited
         assert "queue.reconnected" in output
         assert not lost, f"{len(lost)} payments' webhooks never delivered: {lost[:20]}"
-        assert not _left_in_redis(new)
+        assert not leftovers(new)
         assert d.stop() == 0
     finally:
         new.close()
