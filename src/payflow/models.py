@@ -146,33 +146,6 @@ class Payment:
             "sequence": self.sequence,
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Payment:
-        """Rebuild a payment from :meth:`to_dict` output (e.g. a job's snapshot).
-
-        Raises ``KeyError``/``ValueError``/``TypeError`` on a malformed dict."""
-        amount = data.get("amount")
-        if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)):
-            raise TypeError("amount must be an integer")
-        method = data["method"]
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}")
-        return cls(
-            id=str(data["id"]),
-            method=method,
-            amount=amount,
-            currency=data.get("currency"),
-            method_details=dict(data.get("method_details") or {}),
-            status=PaymentStatus(data.get("status", "pending")),
-            metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
-            created_at=str(data.get("created_at") or now_iso()),
-            updated_at=str(data.get("updated_at") or ""),
-            failure_code=data.get("failure_code"),
-            failure_message=data.get("failure_message"),
-            sequence=int(data.get("sequence", 0)),
-            amount_refunded=int(data.get("amount_refunded", 0)),
-        )
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Event:
@@ -201,14 +174,6 @@ class Event:
             timestamp=payment.updated_at,
             data=payment.to_dict(),
         )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Event:
-        ev_id, ev_type, ts, payload = data["id"], data["type"], data["timestamp"], data["data"]
-        strings = all(isinstance(v, str) for v in (ev_id, ev_type, ts))
-        if not strings or not isinstance(payload, dict):
-            raise TypeError("event fields have the wrong types")
-        return cls(id=ev_id, type=ev_type, timestamp=ts, data=payload)
 
     @classmethod
     def for_refund(cls, refund: Refund) -> Event:
@@ -247,19 +212,6 @@ class Refund:
                 "amount": self.amount, "currency": self.currency, "status": self.status.value,
                 "failure_code": self.failure_code, "failure_message": self.failure_message,
                 "created_at": self.created_at, "updated_at": self.updated_at}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Refund:
-        amount = data["amount"]
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
-            raise TypeError("refund amount must be a positive integer")
-        return cls(id=str(data["id"]), payment_id=str(data["payment_id"]), amount=amount,
-                   currency=data.get("currency"),
-                   status=RefundStatus(data.get("status", "pending")),
-                   failure_code=data.get("failure_code"),
-                   failure_message=data.get("failure_message"),
-                   created_at=str(data.get("created_at") or now_iso()),
-                   updated_at=str(data.get("updated_at") or ""))
 
 
 def parse_iso(value: str) -> datetime:

@@ -24,8 +24,6 @@ log = structlog.get_logger("payflow.web")
 PATH: Final = "/v1/webhook_endpoints"
 EVENT_NAMES: Final = frozenset(ALL_EVENT_TYPES)
 _FIELDS: Final = ("url", "enabled_events", "description", "disabled")
-# The outcomes of a last attempt that recover replays ("retrying" ones are still scheduled).
-RECOVERABLE: Final = frozenset({"dead", "refused", "disabled", "skipped"})
 
 
 def add_routes(app: web.Application, ctx: WebContext) -> None:

@@ -163,11 +163,6 @@ def method_not_allowed(method: str, allowed: str) -> Problem:
                    code="method_not_allowed", headers={"Allow": allowed})
 
 
-def payment_not_found(payment_id: str) -> Problem:
-    return Problem(404, "payment-not-found", "Payment not found",
-                   f"No payment has the id {_clip(payment_id)}.", code="payment_not_found")
-
-
 def shutting_down() -> Problem:
     return Problem(503, "shutting-down", "Service shutting down",
                    "The server is shutting down; retry shortly.", code="shutting_down",
