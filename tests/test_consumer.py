@@ -12,7 +12,7 @@ from conftest import free_port
 from payflow import metrics
 from payflow.errors import InvalidJob
 from payflow.queue import keys
-from payflow.queue.consumer import Consumer, Outcome
+from payflow.queue.consumer import Consumer, Outcome, PerJob
 from payflow.queue.redis import QueueClient
 
 Q, W = "payflow_jobs", "webhook_jobs"
@@ -50,7 +50,7 @@ async def test_every_outcome_is_settled(fake_redis: Redis) -> None:
 
     await fake_redis.lpush(Q, b"ok", b"retry", b"invalid", b"boom", b"dead")
     client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
-    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+    consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=10,
                         block_seconds=0.1)
     with capture_logs() as logs:
         await run_until(consumer, all_seen)
@@ -65,7 +65,7 @@ async def test_every_outcome_is_settled(fake_redis: Redis) -> None:
                e["log_level"] == "error" for e in logs)
 
 
-async def test_each_job_settles_on_its_own_in_settle_each_mode(fake_redis: Redis) -> None:
+async def test_each_job_settles_on_its_own_in_streaming_mode(fake_redis: Redis) -> None:
     release = asyncio.Event()
 
     async def handler(raw: bytes) -> Outcome:
@@ -75,8 +75,8 @@ async def test_each_job_settles_on_its_own_in_settle_each_mode(fake_redis: Redis
 
     await fake_redis.lpush(Q, b"slow", b"fast")
     client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:w0")
-    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
-                        block_seconds=0.1, settle_each=True)
+    consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1, stream=True)
     task = asyncio.create_task(consumer.run())
     async with asyncio.timeout(5):
         while await fake_redis.lrange(client.processing, 0, -1) != [b"slow"]:
@@ -97,7 +97,7 @@ async def test_redis_down_backs_off_and_keeps_running() -> None:
     async def handler(raw: bytes) -> Outcome:
         return Outcome()
 
-    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+    consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=10,
                         block_seconds=0.1)
     with capture_logs() as logs:
         task = asyncio.create_task(consumer.run())
@@ -137,7 +137,7 @@ async def test_jobs_moved_by_a_lost_fetch_reply_are_put_back(fake_redis: Redis) 
 
     await fake_redis.lpush(Q, b"a", b"b")
     client = LosingClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
-    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+    consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=10,
                         block_seconds=0.1)
     with capture_logs() as logs:
         await run_until(consumer, done)
@@ -158,8 +158,8 @@ async def test_a_slow_job_does_not_hold_back_fetching_in_streaming_mode(
         return Outcome()
 
     client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:w1")
-    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
-                        block_seconds=0.1, settle_each=True)
+    consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1, stream=True)
     task = asyncio.create_task(consumer.run())
     await fake_redis.lpush(Q, b"slow")
     async with asyncio.timeout(5):
@@ -202,7 +202,7 @@ async def test_the_after_hooks_of_a_batch_run_side_by_side(fake_redis: Redis) ->
 
     await fake_redis.lpush(Q, b"a", b"bad", b"b", b"c")
     client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
-    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+    consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=10,
                         block_seconds=0.1)
     with capture_logs() as logs:
         await run_until(consumer, done)
@@ -231,7 +231,7 @@ async def test_trimmed_dead_letters_are_counted_and_logged_once(fake_redis: Redi
     await fake_redis.lpush(Q, b"j1", b"j2", b"j3", b"j4", b"j5")
     client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0",
                          dead_max_entries=3)
-    consumer = Consumer(client=client, handler=handler, stop=asyncio.Event(), batch_size=10,
+    consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=10,
                         block_seconds=0.1)
     with capture_logs() as logs:
         await run_until(consumer, all_seen)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -29,6 +30,16 @@ class CountingProcessor:
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
+
+    async def charge_many(self, payments: Sequence[Payment]
+                          ) -> list[ChargeResult | RetryLater]:
+        results: list[ChargeResult | RetryLater] = []
+        for payment in payments:
+            try:
+                results.append(await self.charge(payment, idempotency_key=payment.id))
+            except RetryLater as exc:
+                results.append(exc)
+        return results
 
     async def refund(self, payment: Payment, refund: Refund, *,
                      idempotency_key: str) -> ChargeResult:
@@ -143,8 +154,8 @@ async def test_a_payment_envelope_for_an_unknown_payment_is_dead_lettered() -> N
     # is not invented from an envelope without a method.
     handler = PaymentHandler(service(), max_job_bytes=65536)
     raw = PaymentJob(payment_id="pay_gone", jid="job_1").encode()
-    with pytest.raises(InvalidJob, match="unknown payment 'pay_gone'"):
-        await handler(raw)
+    outcome = await handler(raw)
+    assert outcome.dead is not None and "unknown payment 'pay_gone'" in outcome.dead
 
 
 async def test_unknown_refund_is_invalid() -> None:

@@ -250,7 +250,7 @@ class Daemon:
                 self._queues.append(client)
                 consumers.append(Consumer(client=client, handler=handler, stop=self.stop,
                                           batch_size=cfg.queue.batch_size, block_seconds=block,
-                                          settle_each=each))
+                                          stream=each))
         promoter_redis = self._redis(url, single=True, timeout=5.0)
         liveness = Liveness(self._redis(url, single=True, timeout=5.0), daemon_id=self.id,
                             lists=[(q.queue, q.processing) for q in self._queues],

@@ -18,8 +18,10 @@ import hmac
 import random
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
 
+from payflow.errors import RetryLater
 from payflow.models import Payment, Refund
 
 DECLINED_CARDS = ("4000000000000002",)
@@ -54,6 +56,12 @@ class ChargeResult:
 
 
 class Processor(Protocol):
+    async def charge_many(self, payments: Sequence[Payment]
+                          ) -> list[ChargeResult | RetryLater]:
+        """Charge each payment, its id the idempotency key (the same key never charges
+        twice); a transient failure is a :class:`payflow.errors.RetryLater` in its place."""
+        ...
+
     async def charge(self, payment: Payment, *, idempotency_key: str) -> ChargeResult:
         """Charge ``payment``. The same ``idempotency_key`` never charges twice. A transient
         failure raises :class:`payflow.errors.RetryLater`."""
@@ -73,6 +81,19 @@ class SimulatedProcessor:
         self._rng = rng or random.Random()
         # Remembered outcomes by idempotency key, as a real processor keeps them (bounded).
         self._results: OrderedDict[str, ChargeResult] = OrderedDict()
+
+    async def charge_many(self, payments: Sequence[Payment]
+                          ) -> list[ChargeResult | RetryLater]:
+        """One simulated latency for the batch (a real processor's calls would overlap)."""
+        if self._latency and any(p.id not in self._results for p in payments):
+            await asyncio.sleep(self._latency)
+        results: list[ChargeResult | RetryLater] = []
+        for payment in payments:
+            if (known := self._results.get(payment.id)) is None:
+                known = self._decide(payment)
+                self._remember(payment.id, known)
+            results.append(known)
+        return results
 
     async def charge(self, payment: Payment, *, idempotency_key: str) -> ChargeResult:
         if (known := self._results.get(idempotency_key)) is not None:

@@ -1,9 +1,12 @@
 """The consumer loop shared by payment and webhook consumers.
 
-Fetch a batch (one round trip), run the handler on each job, record the outcomes (one atomic
-round trip per batch, or per job when ``settle_each``), repeat. A failure is requeued through
-the delayed ZSET by the settle step; a consumer never sleeps on a retry. Redis going away makes
-the loop back off and reconnect; it never exits on an error, only when ``stop`` is set.
+Fetch a batch (one round trip), hand the whole batch to the handler, record the outcomes (one
+atomic round trip per batch), repeat. The handler answers each job with an :class:`Outcome`
+at once (the hot path: no task per job, the batch's store work shared) or with an awaitable,
+for work that waits on something slow (an HTTP delivery): those run as tasks, and a streaming
+consumer records them as they finish, in waves. A failure is requeued through the delayed ZSET
+by the settle step; a consumer never sleeps on a retry. Redis going away makes the loop back
+off and reconnect; it never exits on an error, only when ``stop`` is set.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 from redis.exceptions import RedisError
@@ -42,7 +46,35 @@ class Outcome:
     after: Callable[[], Awaitable[None]] | None = None  # runs once the outcome is in Redis
 
 
-Handler = Callable[[bytes], Awaitable[Outcome]]
+DONE = Outcome()
+
+
+@dataclasses.dataclass(slots=True)
+class Batch:
+    """A handler's answer to a batch: per job (in order), its outcome now or an awaitable of
+    it; ``after`` runs once the outcomes given now are in Redis (one call for the batch)."""
+
+    outcomes: list[Outcome | Awaitable[Outcome]]
+    after: Callable[[], Awaitable[None]] | None = None
+
+
+class BatchHandler(Protocol):
+    async def batch(self, raws: list[bytes]) -> Batch:
+        """Handle ``raws``. A job that can never be processed gets ``Outcome(dead=reason)``;
+        an exception means the batch could not be handled at all (each job is then retried
+        alone, so that one bad job cannot hold back the others)."""
+        ...
+
+
+class PerJob:
+    """A handler of one job at a time as a :class:`BatchHandler` (a task per job: for tests
+    and for work that is slow anyway)."""
+
+    def __init__(self, handle: Callable[[bytes], Awaitable[Outcome]]) -> None:
+        self.handle = handle
+
+    async def batch(self, raws: list[bytes]) -> Batch:
+        return Batch([self.handle(raw) for raw in raws])
 
 
 class Consumer:
@@ -50,18 +82,18 @@ class Consumer:
         self,
         *,
         client: QueueClient,
-        handler: Handler,
+        handler: BatchHandler,
         stop: asyncio.Event,
         batch_size: int,
         block_seconds: float,
-        settle_each: bool = False,
+        stream: bool = False,
     ) -> None:
         self.client = client
         self.handler = handler
         self.stop = stop
         self.batch_size = batch_size
         self.block_seconds = block_seconds
-        self.settle_each = settle_each
+        self.stream = stream
         self.log = log.bind(consumer=client.consumer_id, queue=client.queue)
         self._in_flight = metrics.IN_FLIGHT.labels(client.queue)
         self._seconds = metrics.JOB_SECONDS.labels(client.queue)
@@ -74,8 +106,8 @@ class Consumer:
         self._resume_at = 0.0  # loop time before which a streaming consumer does not fetch
 
     async def run(self) -> None:
-        """Until ``stop``: in batches (payments), or streaming (webhooks: ``settle_each``)."""
-        if self.settle_each:
+        """Until ``stop``: in batches (payments), or streaming (webhooks: ``stream``)."""
+        if self.stream:
             await self._stream()
         else:
             await self._batches()
@@ -115,18 +147,55 @@ class Consumer:
             raws = await self._fetch(self.batch_size, idle=True)
             if not raws:
                 continue
-            await self._run_and_settle(raws)
+            self._in_flight.inc(len(raws))
+            try:
+                started = time.perf_counter()
+                batch = await self._handle(raws)
+                outcomes: list[Outcome] = []
+                later: list[tuple[int, Awaitable[Outcome]]] = []
+                for outcome in batch.outcomes:
+                    if not isinstance(outcome, Outcome):
+                        later.append((len(outcomes), outcome))
+                        outcome = DONE  # for now
+                    outcomes.append(outcome)
+                if later:
+                    done = await asyncio.gather(*(self._timed(each) for _, each in later))
+                    for (i, _), outcome in zip(later, done, strict=True):
+                        outcomes[i] = outcome
+                self._observe(len(raws), time.perf_counter() - started)
+                await self._record(raws, outcomes)
+                if batch.after is not None:
+                    await self._run_after(batch.after)
+            finally:
+                self._in_flight.dec(len(raws))
             if len(raws) < self.batch_size:
                 await asyncio.sleep(SHORT_BATCH_PAUSE)
 
-    async def _run_and_settle(self, raws: list[bytes]) -> None:
-        """Run a batch; record all its outcomes in one round trip."""
-        self._in_flight.inc(len(raws))
+    async def _handle(self, raws: list[bytes]) -> Batch:
+        """The handler's batch; when it fails as a whole, each job alone (isolating a job that
+        breaks the batch: it alone is dead-lettered)."""
         try:
-            outcomes = await asyncio.gather(*(self._outcome(raw) for raw in raws))
-            await self._record(list(zip(raws, outcomes, strict=True)))
-        finally:
-            self._in_flight.dec(len(raws))
+            return await self.handler.batch(raws)
+        except Exception:
+            if len(raws) == 1:
+                self.log.exception("Job failed unexpectedly: dead-lettered",
+                                   job=describe(raws[0]))
+                return Batch([Outcome(dead="internal error: the handler failed (see the log)")])
+            self.log.exception("queue.batch_failed", jobs=len(raws),
+                               detail="handling each job of the batch alone")
+        outcomes: list[Outcome | Awaitable[Outcome]] = []
+        afters = []
+        for raw in raws:
+            one = await self._handle([raw])
+            outcomes += one.outcomes
+            if one.after is not None:
+                afters.append(one.after)
+
+        async def after() -> None:
+            for each in afters:
+                await each()
+
+        return Batch(outcomes, after if afters else None)
 
     async def _stream(self) -> None:
         """Keep up to ``batch_size`` jobs in flight, fetch more as they finish, and record
@@ -138,11 +207,9 @@ class Consumer:
             while not self.stop.is_set():
                 room = self.batch_size - len(running)
                 if room > 0 and loop.time() >= self._resume_at:
-                    fetched = await self._fetch(room, idle=not running) or ()
-                    for raw in fetched:
-                        running[asyncio.ensure_future(self._outcome(raw))] = raw
+                    fetched = await self._fetch(room, idle=not running) or []
                     if fetched:
-                        self._in_flight.inc(len(fetched))
+                        await self._start(fetched, running)
                 if running:
                     done, _ = await asyncio.wait(running, timeout=STREAM_POLL,
                                                  return_when=asyncio.FIRST_COMPLETED)
@@ -157,17 +224,45 @@ class Consumer:
                 task.cancel()
             self._in_flight.dec(len(running))
 
+    async def _start(self, fetched: list[bytes],
+                     running: dict[asyncio.Future[Outcome], bytes]) -> None:
+        """Hand a fetched batch to the handler: what is done now is recorded now, in one
+        round trip; the rest runs on, as tasks."""
+        self._in_flight.inc(len(fetched))
+        started = time.perf_counter()
+        batch = await self._handle(fetched)
+        now_raws: list[bytes] = []
+        now: list[Outcome] = []
+        for raw, outcome in zip(fetched, batch.outcomes, strict=True):
+            if isinstance(outcome, Outcome):
+                now_raws.append(raw)
+                now.append(outcome)
+            else:
+                running[asyncio.ensure_future(self._timed(outcome))] = raw
+        if now:
+            self._observe(len(now), time.perf_counter() - started)
+            self._in_flight.dec(len(now))
+            await self._record(now_raws, now)
+        if batch.after is not None:
+            await self._run_after(batch.after)
+
     async def _record_done(self, running: dict[asyncio.Future[Outcome], bytes],
                            done: set[asyncio.Future[Outcome]]) -> None:
         if not done:
             return
-        wave = [(running.pop(task), task.result()) for task in done]
-        self._in_flight.dec(len(wave))
-        await self._record(wave)
+        raws = [running.pop(task) for task in done]
+        self._in_flight.dec(len(raws))
+        await self._record(raws, [task.result() for task in done])
 
-    async def _record(self, finished: list[tuple[bytes, Outcome]]) -> None:
+    async def _record(self, raws: list[bytes], outcomes: list[Outcome]) -> None:
         settlement = Settlement()
-        for raw, outcome in finished:
+        counts = {"done": 0, "retried": 0, "dead": 0}
+        afters = []
+        for raw, outcome in zip(raws, outcomes, strict=True):
+            if outcome is DONE:  # the common case
+                settlement.ack(raw)
+                counts["done"] += 1
+                continue
             for job in outcome.push:
                 settlement.push(job)
             for job, seconds in outcome.delay:
@@ -177,42 +272,45 @@ class Consumer:
             if outcome.dead is not None:
                 settlement.dead(self.client.dead_entry(raw, outcome.dead))
             settlement.ack(raw)
-        # Recording the outcome must not be interrupted half-way by a shutdown.
-        await asyncio.shield(self._settle(settlement))
-        afters = []
-        counts = {"done": 0, "retried": 0, "dead": 0}
-        for _, outcome in finished:
             counts["dead" if outcome.dead is not None else
                    "retried" if outcome.delay else "done"] += 1
             if outcome.after is not None:
-                afters.append(outcome.after())
+                afters.append(outcome.after)
+        # Recording the outcome must not be interrupted half-way by a shutdown.
+        await asyncio.shield(self._settle(settlement))
         for kind, count in counts.items():  # once per batch, not per job
             if count:
                 self._counted[kind].inc(count)
-        # Side by side, so that a store coalesces them into one round trip.
-        for failure in await asyncio.gather(*afters, return_exceptions=True):
-            if isinstance(failure, Exception):
-                self.log.error("queue.after_failed", error=f"{type(failure).__name__}: "
-                                                          f"{failure}")
-            elif isinstance(failure, BaseException):
-                raise failure
+        if len(afters) == 1:
+            await self._run_after(afters[0])
+        elif afters:  # side by side, so that a store coalesces them into one round trip
+            await asyncio.gather(*(self._run_after(after) for after in afters))
 
-    async def _outcome(self, raw: bytes) -> Outcome:
+    async def _run_after(self, after: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await after()
+        except Exception as exc:
+            self.log.error("queue.after_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _timed(self, outcome: Awaitable[Outcome]) -> Outcome:
+        """An outcome still to come; a failure dead-letters the job (with the reason when it
+        is an :class:`InvalidJob`)."""
         started = time.perf_counter()
         try:
-            return await self._run_handler(raw)
+            return await outcome
+        except InvalidJob as exc:
+            self.log.error("Job rejected: dead-lettered", reason=exc.reason)
+            return Outcome(dead=exc.reason)
+        except Exception as exc:
+            self.log.exception("Job failed unexpectedly: dead-lettered")
+            return Outcome(dead=f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._seconds.observe(time.perf_counter() - started)
 
-    async def _run_handler(self, raw: bytes) -> Outcome:
-        try:
-            return await self.handler(raw)
-        except InvalidJob as exc:
-            self.log.error("Job rejected: dead-lettered", reason=exc.reason, job=describe(raw))
-            return Outcome(dead=exc.reason)
-        except Exception as exc:
-            self.log.exception("Job failed unexpectedly: dead-lettered", job=describe(raw))
-            return Outcome(dead=f"internal error: {type(exc).__name__}: {exc}")
+    def _observe(self, jobs: int, seconds: float) -> None:
+        """Each of ``jobs`` handled together took ``seconds``."""
+        for _ in range(jobs):
+            self._seconds.observe(seconds)
 
     async def _settle(self, settlement: Settlement) -> None:
         """Record a batch's outcome, retrying while Redis is away. The script is safe to run
@@ -242,3 +340,26 @@ async def wait_or_stop(event: asyncio.Event, seconds: float) -> None:
             await event.wait()
     except TimeoutError:
         pass
+
+
+async def handle_one(handler: BatchHandler, raw: bytes) -> Outcome:
+    """``raw`` handled alone, as a batch of one, waited for; the batch's ``after`` becomes the
+    outcome's (for tests and tools that handle one job)."""
+    batch = await handler.batch([raw])
+    [outcome] = batch.outcomes
+    if not isinstance(outcome, Outcome):
+        try:
+            outcome = await outcome
+        except InvalidJob as exc:  # as the consumer does
+            outcome = Outcome(dead=exc.reason)
+    if batch.after is None:
+        return outcome
+    if outcome.after is None:
+        return dataclasses.replace(outcome, after=batch.after)
+    first, second = batch.after, outcome.after
+
+    async def both() -> None:
+        await first()
+        await second()
+
+    return dataclasses.replace(outcome, after=both)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from payflow import metrics
 from payflow.errors import InvalidJob
-from payflow.jobs import WebhookJob, parse_job
+from payflow.jobs import WebhookJob, describe, parse_job
 from payflow.models import (
     REFUND_EVENT_TYPES,
     STATUS_OF_EVENT,
@@ -33,7 +33,7 @@ from payflow.models import (
     new_local_id,
     now_iso,
 )
-from payflow.queue.consumer import Outcome
+from payflow.queue.consumer import DONE, Batch, Outcome, handle_one
 from payflow.store.front import StoreFront
 from payflow.webhooks import endpoints as eps
 from payflow.webhooks.delivery import Attempt, HttpDelivery, LogSink
@@ -71,15 +71,74 @@ class WebhookHandler:
         self.disable_after = disable_after
 
     async def __call__(self, raw: bytes) -> Outcome:
-        job = parse_job(raw, max_bytes=self.max_job_bytes)
-        if not isinstance(job, WebhookJob):  # both queues accept every kind: pass it on
-            log.info("job.forwarded", job=job.legacy_text, to="payments")
-            return Outcome(push=[raw])
-        event = await self._event(job)
-        return await self._deliver_all(job, event)
+        """One job alone."""
+        return await handle_one(self, raw)
 
-    async def _deliver_all(self, job: WebhookJob, event: Event) -> Outcome:
+    async def batch(self, raws: list[bytes]) -> Batch:
+        """The batch's events in one lookup and its endpoints in one listing; a delivery to
+        the log sink alone is done at once (attempts recorded in one call), one that involves
+        an HTTP endpoint runs on as its own task."""
+        outcomes: list[Outcome | Awaitable[Outcome]] = [DONE] * len(raws)
+        named: list[tuple[int, WebhookJob]] = []
+        for i, raw in enumerate(raws):
+            try:
+                job = parse_job(raw, max_bytes=self.max_job_bytes)
+            except InvalidJob as exc:
+                log.error("Job rejected: dead-lettered", reason=exc.reason, job=describe(raw))
+                outcomes[i] = Outcome(dead=exc.reason)
+                continue
+            if not isinstance(job, WebhookJob):  # both queues accept every kind: pass it on
+                log.info("job.forwarded", job=job.legacy_text, to="payments")
+                outcomes[i] = Outcome(push=[raw])
+            elif job.event_id is None or job.endpoint is not None:
+                outcomes[i] = self._one(job)  # a legacy job, or a retry: the long way
+            else:
+                named.append((i, job))
+        if not named:
+            return Batch(outcomes)
+        store = self.store.store
+        events = await store.get_events([job.event_id for _, job in named if job.event_id])
+        endpoints = await store.list_endpoints()
+        attempts: list[DeliveryAttempt] = []
+        for i, job in named:
+            event = events.get(job.event_id or "")
+            if event is None:
+                reason = f"unknown event {job.event_id!r}"
+                log.error("Job rejected: dead-lettered", reason=reason, job=job.legacy_text)
+                outcomes[i] = Outcome(dead=reason)
+                continue
+            subscribed = [ep for ep in endpoints if ep.subscribed(event.type)]
+            if subscribed or self.sink is None or self.sink.failure_rate:
+                targets, skipped = self._split(subscribed)
+                outcomes[i] = self._deliver_all(job, event, targets, skipped)
+            else:  # the log sink alone: nothing to wait for
+                outcomes[i] = self._to_sink(job, event, attempts)
+        if attempts:
+            _count(attempts)
+            await store.add_attempts(attempts)
+        return Batch(outcomes)
+
+    def _to_sink(self, job: WebhookJob, event: Event,
+                 attempts: list[DeliveryAttempt]) -> Outcome:
+        text = event.legacy_text
+        attempt_no = job.attempt + 1
+        log.info(f"Delivering webhook: {text}", event_id=event.id, attempt=attempt_no,
+                 endpoints=[SINK])
+        log.info(f"Webhook delivered: {text}", event_id=event.id, endpoint=SINK, status=None,
+                 latency_ms=0.0)
+        attempts.append(DeliveryAttempt(
+            id=new_local_id("att_"), event_id=event.id, endpoint_id=SINK, attempt=attempt_no,
+            outcome="succeeded", at=now_iso()))
+        return DONE
+
+    async def _one(self, job: WebhookJob) -> Outcome:
+        event = await self._event(job)
         targets, skipped = await self._targets(job, event)
+        return await self._deliver_all(job, event, targets, skipped)
+
+    async def _deliver_all(self, job: WebhookJob, event: Event,
+                           targets: list[WebhookEndpoint | None],
+                           skipped: list[WebhookEndpoint]) -> Outcome:
         attempt_no = job.attempt + 1
         text = event.legacy_text
         log.info(f"Delivering webhook: {text}", event_id=event.id, attempt=attempt_no,
@@ -92,7 +151,7 @@ class WebhookHandler:
                 log.info("webhook.no_subscribers", event_id=event.id, event_type=event.type,
                          detail="the event is recorded; an endpoint created later can "
                                 "recover it")
-            return Outcome()
+            return DONE
         if len(targets) == 1:  # the common case: no task to create
             attempts = [await self._deliver(targets[0], event)]
         else:
@@ -117,6 +176,8 @@ class WebhookHandler:
                 delay.append((retry, verdict))
         if len(dead) == 1 and not delay and job.endpoint is not None:
             return Outcome(dead=dead[0][1])  # this job was aimed at that endpoint alone
+        if not delay and not dead:
+            return DONE
         return Outcome(delay=delay, dead_jobs=dead)
 
     async def _failed(self, job: WebhookJob, event: Event, endpoint: WebhookEndpoint | None,
@@ -158,17 +219,13 @@ class WebhookHandler:
 
     async def _record(self, event: Event, endpoint_id: str, attempt_no: int, outcome: str,
                       attempt: Attempt, *, next_retry_at: str | None = None) -> None:
-        status = metrics.status_class(attempt.status, ok=attempt.ok)
-        metrics.WEBHOOK_ATTEMPTS.labels(outcome, status).inc()
-        if endpoint_id != SINK:  # endpoint ids are bounded by the operator
-            metrics.WEBHOOK_ATTEMPTS_BY_ENDPOINT.labels(endpoint_id, outcome).inc()
-        if outcome != "skipped":
-            metrics.WEBHOOK_SECONDS.observe(attempt.latency_ms / 1000)
-        await self.store.add_attempt(DeliveryAttempt(
+        record = DeliveryAttempt(
             id=new_local_id("att_"), event_id=event.id, endpoint_id=endpoint_id,
             attempt=attempt_no, outcome=outcome, at=now_iso(), status=attempt.status,
             error=attempt.error, latency_ms=attempt.latency_ms, response_body=attempt.body,
-            next_retry_at=next_retry_at))
+            next_retry_at=next_retry_at)
+        _count([record], ok=attempt.ok)
+        await self.store.add_attempt(record)
 
     async def _targets(self, job: WebhookJob, event: Event
                        ) -> tuple[list[WebhookEndpoint | None], list[WebhookEndpoint]]:
@@ -183,8 +240,13 @@ class WebhookHandler:
             if not endpoint.subscribed(event.type):
                 raise InvalidJob(f"endpoint {endpoint.id} is not subscribed to {event.type}")
             return ([], [endpoint]) if endpoint.disabled else ([endpoint], [])
-        subscribed = [ep for ep in await self.store.list_endpoints()
-                      if ep.subscribed(event.type)]
+        return self._split([ep for ep in await self.store.list_endpoints()
+                            if ep.subscribed(event.type)])
+
+    def _split(self, subscribed: list[WebhookEndpoint]
+               ) -> tuple[list[WebhookEndpoint | None], list[WebhookEndpoint]]:
+        """(the enabled endpoints of ``subscribed`` and the log sink, if any; the disabled
+        ones)."""
         targets: list[WebhookEndpoint | None] = [ep for ep in subscribed if not ep.disabled]
         if self.sink is not None:
             targets.append(None)
@@ -229,6 +291,22 @@ class WebhookHandler:
                              "have it in that state")
         await self.store.add_event(event)
         return event
+
+
+def _count(attempts: list[DeliveryAttempt], *, ok: bool = True) -> None:
+    """The metrics of recorded attempts (``ok``: those of a success)."""
+    first = attempts[0]
+    status = metrics.status_class(first.status, ok=ok)
+    if len(attempts) > 1:  # a batch of log sink deliveries: alike
+        metrics.WEBHOOK_ATTEMPTS.labels(first.outcome, status).inc(len(attempts))
+        for _ in attempts:
+            metrics.WEBHOOK_SECONDS.observe(0.0)
+        return
+    metrics.WEBHOOK_ATTEMPTS.labels(first.outcome, status).inc()
+    if first.endpoint_id != SINK:  # endpoint ids are bounded by the operator
+        metrics.WEBHOOK_ATTEMPTS_BY_ENDPOINT.labels(first.endpoint_id, first.outcome).inc()
+    if first.outcome != "skipped":
+        metrics.WEBHOOK_SECONDS.observe(first.latency_ms / 1000)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
