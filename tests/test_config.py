@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -566,3 +567,17 @@ def test_api_keys_from_file_and_env(tmp_path: Path) -> None:
             load_config(None, env={"PAYFLOW_CONFIG": "", "PAYFLOW_API_KEYS": value})
         assert "PAYFLOW_API_KEYS" in str(info.value)
         assert "xxxxxxxx" not in str(info.value)  # never echo a secret
+
+
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    from payflow.cli import event_loop_factory
+
+    assert event_loop_factory("asyncio") is None
+    assert event_loop_factory("auto") is uvloop.new_event_loop
+    assert event_loop_factory("uvloop") is uvloop.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert event_loop_factory("auto") is None
+    with pytest.raises(ConfigError, match=r"uvloop is not installed \(pip install"):
+        event_loop_factory("uvloop")

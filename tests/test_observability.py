@@ -4,6 +4,7 @@ the webhook-attempts-by-endpoint and Redis reconnect counters."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 from typing import Any
 
@@ -96,3 +97,26 @@ def test_stdlib_records_become_json_lines() -> None:
         ("x y", "aiohttp.server", "warning"), ("failed", "asyncio", "error")]
     assert "ValueError: boom" in entries[1]["exception"]
     assert all("timestamp" in e for e in entries)
+
+
+def test_a_json_line_is_written_for_what_orjson_refuses() -> None:
+    # A lone surrogate (from a client's header, say) or an integer past 64 bits must not make
+    # a log call raise: the line is still one valid JSON object, with the request id.
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8")
+    token = logs.REQUEST_ID.set("req_1")
+    try:
+        logs.configure("json", "info", stream=stream)
+        log = structlog.get_logger("t")
+        log.info("odd", text="a\ud800b", big=10**30)
+        log.warn("plain", n=1)
+        logs.flush()
+    finally:
+        logs.REQUEST_ID.reset(token)
+        structlog.reset_defaults()
+    # (json, not orjson, to read it back: orjson reads integers past 64 bits as floats)
+    first, second = (json.loads(line) for line in raw.getvalue().splitlines())
+    assert first["text"] == "a\\ud800b"  # the escape, as text
+    assert (first["big"], first["event"], first["level"], first["request_id"]) == (
+        10**30, "odd", "info", "req_1")
+    assert (second["event"], second["level"], second["n"]) == ("plain", "warning", 1)

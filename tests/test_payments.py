@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -272,3 +273,20 @@ async def test_handler_forwards_a_webhook_job_found_on_the_payment_queue() -> No
     outcome = await PaymentHandler(service(), max_job_bytes=65536)(
         b"webhook:payment.success:pay_1")
     assert list(outcome.push) == [b"webhook:payment.success:pay_1"]
+
+
+def test_a_moved_payment_is_what_replace_would_give_for_every_field() -> None:
+    # Payment.moved is written out by hand for speed: a field added to Payment must be
+    # carried over there too, which this test notices (every field set to a non-default).
+    values: dict[str, Any] = {
+        "id": "pay_1", "method": "card", "amount": 5, "currency": "INR",
+        "method_details": {"last4": "4242"}, "status": PaymentStatus.PROCESSING,
+        "metadata": {"k": "v"}, "created_at": "2026-01-01T00:00:00.000Z",
+        "updated_at": "2026-01-01T00:00:01.000Z", "failure_code": "x",
+        "failure_message": "y", "sequence": 3, "amount_refunded": 2}
+    assert set(values) == {f.name for f in dataclasses.fields(Payment)}
+    payment = Payment(**values)
+    moved = payment.moved(PaymentStatus.FAILED, "2026-01-01T00:00:02.000Z", "c", "m")
+    assert moved == dataclasses.replace(
+        payment, status=PaymentStatus.FAILED, updated_at="2026-01-01T00:00:02.000Z",
+        failure_code="c", failure_message="m", sequence=4)

@@ -61,6 +61,7 @@ DEFAULT_CONFIG_FILE: Final = "payflow.toml"
 ENV_PREFIX: Final = "PAYFLOW_"
 LOG_FORMATS: Final = ("auto", "console", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
 STORE_SCHEMES: Final = ("memory", "postgresql", "postgres")
 
 
@@ -173,6 +174,8 @@ class DaemonConfig:
     heartbeat_seconds: float = 2.0
     heartbeat_ttl_seconds: float = 10.0
     reap_interval_seconds: float = 5.0
+    # "auto": uvloop when it is installed (the "fast" extra), else asyncio's own loop
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -266,6 +269,7 @@ _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
         "heartbeat_seconds": FloatRule(0.1, 60.0),
         "heartbeat_ttl_seconds": FloatRule(0.5, 600.0),
         "reap_interval_seconds": FloatRule(0.1, 600.0),
+        "event_loop": choice(EVENT_LOOPS),
     }),
 }
 

@@ -230,8 +230,10 @@ class Daemon:
                 "Choose another port with --port, PAYFLOW_HTTP_PORT or [http] port."
             ) from None
         address = runner.addresses[0]
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         log.info("daemon.started", daemon_id=self.id,
-                 http=f"http://{address[0]}:{address[1]}", config=config_summary(cfg))
+                 http=f"http://{address[0]}:{address[1]}", event_loop=loop,
+                 config=config_summary(cfg))
 
     async def _run_loops(self, url: str, payments: PaymentHandler, webhooks: WebhookHandler,
                          ctx: WebContext, store: Store) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import json
 import logging
+import re
 import sys
 from collections.abc import Callable, MutableMapping
 from typing import Any, BinaryIO, TextIO
@@ -42,17 +44,17 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     ]
     factory: Any = structlog.WriteLoggerFactory(file=out)
     if chosen == "json":
-        processors.append(structlog.processors.format_exc_info)
         binary = getattr(out, "buffer", None)
-        if binary is not None:  # orjson renders bytes, several times faster than json
-            processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
+        if binary is not None:  # one processor for it all: a JSON line is on every hot path
+            processors = [json_line]
             out.flush()
             lines = BufferedLines(binary)
             atexit.register(lines.flush)
             _flushers.append(lines.flush)
             factory = lambda *_: lines  # noqa: E731
         else:
-            processors.append(structlog.processors.JSONRenderer())
+            processors += [structlog.processors.format_exc_info,
+                           structlog.processors.JSONRenderer()]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False))
     structlog.configure(
@@ -105,6 +107,29 @@ def add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     if (request_id := REQUEST_ID.get()) is not None:
         event.setdefault("request_id", request_id)
     return event
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}
+_format_exc_info = structlog.processors.format_exc_info
+
+
+def json_line(logger: Any, method: str, event: MutableMapping[str, Any]) -> bytes:
+    """What ``add_request_id``, ``add_log_level``, ``_timestamp``, ``format_exc_info`` and
+    ``JSONRenderer`` do in turn, in one call: the log line as JSON (orjson, or the standard
+    library's encoder for what orjson refuses, such as a lone surrogate or a huge integer)."""
+    if (request_id := REQUEST_ID.get()) is not None:
+        event.setdefault("request_id", request_id)
+    event["level"] = _LEVEL_OF_METHOD.get(method, method)
+    event["timestamp"] = now_iso()
+    if "exc_info" in event:
+        event = _format_exc_info(logger, method, event)
+    try:
+        return orjson.dumps(event, default=repr)
+    except TypeError:  # orjson.JSONEncodeError
+        text = json.dumps(event, default=repr, separators=(",", ":"), ensure_ascii=False)
+        # a lone surrogate, shown as its escape in text (a strict parser refuses it as JSON)
+        return _SURROGATE.sub(lambda m: f"\\\\u{ord(m[0]):04x}", text).encode()
 
 
 def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

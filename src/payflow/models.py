@@ -128,6 +128,17 @@ class Payment:
         if not self.updated_at:
             object.__setattr__(self, "updated_at", self.created_at)
 
+    def moved(self, status: PaymentStatus, at: str, failure_code: str | None,
+              failure_message: str | None) -> Payment:
+        """This payment in ``status`` since ``at``, its sequence bumped (what
+        ``dataclasses.replace`` would give, at a third of its cost: it is on the hot path)."""
+        return Payment(id=self.id, method=self.method, amount=self.amount,
+                       currency=self.currency, method_details=self.method_details,
+                       status=status, metadata=self.metadata, created_at=self.created_at,
+                       updated_at=at, failure_code=failure_code,
+                       failure_message=failure_message, sequence=self.sequence + 1,
+                       amount_refunded=self.amount_refunded)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -100,9 +100,7 @@ class MemoryStore:
         current = self._payments.get(t.payment_id)
         if current is None or current.status not in t.expected:
             return None
-        updated = dataclasses.replace(
-            current, status=t.new, updated_at=now_iso(), sequence=current.sequence + 1,
-            failure_code=t.failure_code, failure_message=t.failure_message)
+        updated = current.moved(t.new, now_iso(), t.failure_code, t.failure_message)
         self._payments[updated.id] = updated
         event = None
         if t.emit:
