@@ -59,19 +59,8 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return uvloop.new_event_loop
 
 
-def tune_gc() -> None:
-    """The daemon allocates many short-lived objects per job and keeps (with the memory store)
-    a few hundred thousand long-lived ones: with the default thresholds the cyclic collector
-    walks all of them every few thousand jobs. What exists at start is frozen (never walked
-    again), and collections of the young generation come ten times less often."""
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(7000, 20, 100)
-
-
 def _serve(args: argparse.Namespace) -> int:
-    from payflow import logs
+    from payflow import gctune, logs
     from payflow.config import load_config
     from payflow.daemon import run
 
@@ -92,7 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"payflow: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log.format, config.log.level)
-    tune_gc()
+    gctune.tune()
     try:
         loop_factory = event_loop_factory(config.daemon.event_loop)
     except ConfigError as exc:

@@ -25,7 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from payflow import logs, metrics
+from payflow import gctune, logs, metrics
 from payflow._config_parse import mask_url
 from payflow.config import Config, config_summary
 from payflow.embedded import EmbeddedRedis
@@ -277,6 +277,8 @@ class Daemon:
                 self.stop)))
             tasks.append(tg.create_task(supervise(
                 "sweeper", lambda: self._sweep(promoter_redis, store), self.stop)))
+            tasks.append(tg.create_task(supervise(
+                "gc", lambda: gctune.run_upkeep(self.stop), self.stop)))
             tasks.append(tg.create_task(supervise(
                 "metrics",
                 lambda: metrics.run_sampler(promoter_redis, [cfg.queue.payments,
