@@ -67,6 +67,7 @@ from payflow.webhooks.signing import new_secret
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 PAYFLOW = shutil.which("payflow", path=str(Path(sys.executable).parent)) or "payflow"
+PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 API_KEY = "sk_bench_" + secrets.token_hex(16)  # PAYFLOW_API_KEYS=bench:<this>
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -199,6 +200,7 @@ class Daemon:
                    PAYFLOW_API_KEYS=f"bench:{API_KEY}")
         self.proc = bench.spawn(f"payflow serve ({tag})", [PAYFLOW, "serve"], env=env,
                                 cwd=bench.workdir, log=f"payflow-{tag}-{self.port}.log")
+        self.profiler: Proc | None = None  # py-spy, with --profile
 
     async def ready(self, http: aiohttp.ClientSession, within: float = 60.0) -> None:
         async def up() -> bool:
@@ -374,10 +376,28 @@ class Bench:
             for d in daemons:
                 self.stop(d.proc)
             raise
+        if self.args.profile:
+            for d in daemons:
+                self.attach_profiler(d)
         return daemons
+
+    def attach_profiler(self, daemon: Daemon) -> None:
+        """py-spy, sampling ``daemon`` until it stops (--profile DIR: one raw file each, its
+        summary printed by scripts/profile_summary.py)."""
+        out = Path(self.args.profile) / f"{daemon.proc.name.split('(')[1].rstrip(')')}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        daemon.profiler = self.spawn(
+            f"py-spy of {daemon.proc.name}",
+            [PY_SPY, "record", "--pid", str(daemon.proc.pid), "--rate", "200", "--format",
+             "raw", "--output", str(out), "--nonblocking"],
+            env=os.environ, cwd=self.workdir, log=f"py-spy-{daemon.port}.log")
 
     def stop_daemons(self, daemons: Sequence[Daemon]) -> None:
         for d in daemons:
+            if d.profiler is not None:  # it writes its file on SIGINT
+                d.profiler.popen.send_signal(signal.SIGINT)
+                d.profiler.popen.wait(30)
+                self.stop(d.profiler)
             self.stop(d.proc)
 
     async def wait_done(self, daemons: Sequence[Daemon], count: int, within: float) -> float:
@@ -843,6 +863,9 @@ def main() -> None:
                         default=os.environ.get("PAYFLOW_BENCH_PEER_PYTHON", sys.executable),
                         help="a Python with arq and saq ($PAYFLOW_BENCH_PEER_PYTHON, else "
                              "this one)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="sample each daemon with py-spy (pip install py-spy) into DIR/<run>.txt; "
+                             "summarise with scripts/profile_summary.py DIR/<run>.txt")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the work directory with every process's log")
     args = parser.parse_args()

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+import orjson
 import structlog
 
 from payflow import __version__
@@ -49,7 +50,12 @@ class Attempt:
 
 
 def encode_event(event: Event) -> bytes:
-    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+    """The delivery's body: the event as compact UTF-8 JSON (what is signed is what is sent)."""
+    body = event.to_dict()
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError: an integer past 64 bits, say
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -78,6 +84,21 @@ class HttpDelivery:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.policy = policy
+        self._checked: dict[str, SSRFRefused | None] = {}  # url -> check_url's verdict
+
+    def _check(self, url: str) -> None:
+        """:func:`check_url`, remembered per URL (the policy is fixed; names are checked when
+        they are resolved, at every connection)."""
+        if url not in self._checked:
+            if len(self._checked) >= 10_000:
+                self._checked.clear()
+            try:
+                check_url(url, self.policy)
+                self._checked[url] = None
+            except SSRFRefused as exc:
+                self._checked[url] = exc
+        if (refused := self._checked[url]) is not None:  # a fresh one: no traceback piling up
+            raise SSRFRefused(refused.host, refused.address, refused.reason)
 
     async def deliver(self, endpoint: WebhookEndpoint, event: Event) -> Attempt:
         body = encode_event(event)
@@ -92,7 +113,7 @@ class HttpDelivery:
             headers["webhook-signature"] = signature_header(secrets, event.id, timestamp, body)
         started = time.perf_counter()
         try:
-            check_url(endpoint.url, self.policy)
+            self._check(endpoint.url)
             async with self.session.post(endpoint.url, data=body, headers=headers,
                                          allow_redirects=False, timeout=self.timeout) as resp:
                 text = (await resp.content.read(BODY_CAP)).decode("utf-8", "replace")
