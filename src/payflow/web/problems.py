@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
 from aiohttp import web
 
 from payflow.errors import (
@@ -84,7 +85,12 @@ class Problem(Exception):
 
 
 def dumps(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON (orjson; the standard library's encoder for what orjson refuses,
+    such as an integer past 64 bits)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(data, separators=(",", ":")).encode()  # ASCII: surrogates escaped
 
 
 def json_response(
