@@ -55,6 +55,9 @@ class ChargeResult:
     failure_message: str | None = None
 
 
+SUCCEEDED = ChargeResult(True)  # one object for every success (the simulator keeps 100,000)
+
+
 class Processor(Protocol):
     async def charge_many(self, payments: Sequence[Payment]
                           ) -> list[ChargeResult | RetryLater]:
@@ -113,7 +116,7 @@ class SimulatedProcessor:
         if _is_one_of(payment.method_details.get("fingerprint"), REFUND_FAILING_CARDS):
             result = ChargeResult(False, "refund_failed", "The card issuer refused the refund.")
         else:
-            result = ChargeResult(True)
+            result = SUCCEEDED
         self._remember(idempotency_key, result)
         return result
 
@@ -131,4 +134,4 @@ class SimulatedProcessor:
             return ChargeResult(False, "upi_declined", "The UPI payment was declined by the payer.")
         if self._failure_rate and self._rng.random() < self._failure_rate:
             return ChargeResult(False, "processor_declined", "Declined by the simulator.")
-        return ChargeResult(True)
+        return SUCCEEDED

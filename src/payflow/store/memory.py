@@ -46,7 +46,10 @@ class MemoryStore:
         self._finished: OrderedDict[str, None] = OrderedDict()  # terminal, by finishing order
         self._refunds: dict[str, Refund] = {}
         self._refunds_of: dict[str, list[str]] = {}  # payment id -> refund ids
-        self._events: dict[str, Event] = {}  # insertion order: oldest first
+        # insertion order: oldest first. An event recorded with a state change is kept as the
+        # payment (or refund) it is the event of, and made again when read: a third of the
+        # memory a stored payment takes, and the store is what bounds a daemon's memory.
+        self._events: dict[str, Event | Payment | Refund] = {}
         self._events_of: dict[str, list[str]] = {}  # payment id -> event ids
         self._unqueued: dict[str, str] = {}  # event id -> when recorded (outbox)
         self._endpoints: dict[str, WebhookEndpoint] = {}
@@ -105,7 +108,7 @@ class MemoryStore:
         event = None
         if t.emit:
             event = Event.for_payment(updated)
-            self._record_events([event], updated.id)
+            self._record(event.id, updated, updated.id)
         if t.new.terminal and not current.status.terminal:
             self._finish(updated.id)
         return Changed(payment=updated, event=event)
@@ -200,32 +203,31 @@ class MemoryStore:
                 payment, amount_refunded=refunded, status=status, updated_at=done.updated_at,
                 sequence=payment.sequence + 1)
         event = Event.for_refund(done)
-        self._record_events([event], done.payment_id)
+        self._record(event.id, done, done.payment_id)
         return RefundDone(refund=done, event=event)
 
     # --- events --------------------------------------------------------------------------
 
     async def add_events(self, events: Sequence[Event]) -> None:
         for event in events:
-            self._record_events([event], _owner(event))
+            self._record(event.id, event, _owner(event))
 
-    def _record_events(self, events: Iterable[Event], payment_id: str) -> None:
-        for event in events:
-            if event.id in self._events:
-                continue
-            self._events[event.id] = event
-            self._unqueued[event.id] = now_iso()
-            self._events_of.setdefault(payment_id, []).append(event.id)
+    def _record(self, event_id: str, event: Event | Payment | Refund, payment_id: str) -> None:
+        if event_id in self._events:
+            return
+        self._events[event_id] = event
+        self._unqueued[event_id] = now_iso()
+        self._events_of.setdefault(payment_id, []).append(event_id)
 
     async def get_events(self, ids: Sequence[str]) -> dict[str, Event]:
-        return {i: e for i in ids if (e := self._events.get(i)) is not None}
+        return {i: _event(e) for i in ids if (e := self._events.get(i)) is not None}
 
     async def list_events(self, *, limit: int, starting_after: str | None = None,
                           type: str | None = None,
                           created_gte: str | None = None) -> list[Event]:
         low = parse_iso(created_gte) if created_gte else None
         page: list[Event] = []
-        for event in _before(self._events, starting_after):
+        for event in map(_event, _before(self._events, starting_after)):
             if type is not None and event.type != type:
                 continue
             if low is not None and parse_iso(event.timestamp) < low:
@@ -245,7 +247,7 @@ class MemoryStore:
         for event_id, recorded in self._unqueued.items():  # recording order: oldest first
             if parse_iso(recorded) >= moment or len(out) == limit:
                 break
-            out.append(self._events[event_id])
+            out.append(_event(self._events[event_id]))
         return out
 
     # --- endpoints and attempts ----------------------------------------------------------
@@ -287,8 +289,8 @@ class MemoryStore:
         old_keys = [k for k, b in self._keys.items() if parse_iso(b.bound_at) < moment]
         for key in old_keys:
             self._key_of.pop(self._keys.pop(key).payment.id, None)
-        old = [e.id for e in self._events.values()
-               if e.id not in self._unqueued and parse_iso(e.timestamp) < moment]
+        old = [i for i, e in self._events.items()
+               if i not in self._unqueued and parse_iso(_timestamp(e)) < moment]
         gone = self._drop_events(old)
         for endpoint_id, by_id in list(self._attempts_by_endpoint.items()):
             kept = {i: a for i, a in by_id.items() if parse_iso(a.at) >= moment}
@@ -323,6 +325,18 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+def _event(kept: Event | Payment | Refund) -> Event:
+    if isinstance(kept, Payment):
+        return Event.for_payment(kept)
+    if isinstance(kept, Refund):
+        return Event.for_refund(kept)
+    return kept
+
+
+def _timestamp(kept: Event | Payment | Refund) -> str:
+    return kept.timestamp if isinstance(kept, Event) else kept.updated_at
 
 
 def _owner(event: Event) -> str:
