@@ -50,11 +50,22 @@ def test_status_and_push_with_a_running_daemon(
             assert time.monotonic() < deadline, d.output()
             time.sleep(0.05)
 
-        code, out, err = run(capsys, "status", "--json", *url)
-        assert (code, err) == (0, "")
-        report = json.loads(out)
+        # The dead jobs show in the rates the daemon publishes with its next heartbeats.
+        deadline = time.monotonic() + 10
+        while True:
+            code, out, err = run(capsys, "status", "--json", *url)
+            assert (code, err) == (0, "")
+            report = json.loads(out)
+            if report["rates"][Q]["dead"] > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert report["queues"] == {Q: {"ready": 0, "processing": 0, "delayed": 0, "dead": 3},
                                     W: {"ready": 0, "processing": 0, "delayed": 0, "dead": 0}}
+        # 3 dead jobs over the time since the daemon started (< the 60 s window)
+        assert 3 / 60 <= report["rates"][Q]["dead"] <= 3 / 0.1
+        assert report["rates"][Q]["done"] == report["rates"][Q]["retried"] == 0
+        assert report["rates"][W] == {"done": 0, "retried": 0, "dead": 0}
+        assert report["rate_window_seconds"] == 60
         (daemon,) = report["daemons"]
         (raw_id,) = client.hkeys(keys.DAEMONS)
         assert isinstance(raw_id, bytes)
@@ -64,16 +75,20 @@ def test_status_and_push_with_a_running_daemon(
         assert d.proc is not None and daemon["pid"] == d.proc.pid
         assert 0 <= daemon["heartbeat_age_seconds"] < 10
         assert daemon["in_flight"] == {Q: 0, W: 0}
+        assert daemon["rates"] == report["rates"]  # the one live daemon
 
         code, out, err = run(capsys, "status", *url)
         assert (code, err) == (0, "")
         lines = out.splitlines()
-        assert lines[0].split() == ["QUEUE", "READY", "PROCESSING", "DELAYED", "DEAD"]
-        assert lines[1].split() == [Q, "0", "0", "0", "3"]
-        assert lines[2].split() == [W, "0", "0", "0", "0"]
-        assert lines[4].split() == ["DAEMON", "HOST", "PID", "STORE", "HEARTBEAT", "STATE",
+        assert lines[0].split() == ["QUEUE", "READY", "PROCESSING", "DELAYED", "DEAD", "DONE/S",
+                                    "RETRIED/S", "DEAD/S"]
+        assert lines[1].split()[:7] == [Q, "0", "0", "0", "3", "0.00", "0.00"]
+        assert float(lines[1].split()[7]) > 0
+        assert lines[2].split() == [W, "0", "0", "0", "0", "0.00", "0.00", "0.00"]
+        assert lines[3] == "(per second: jobs over the last minute, summed over the live daemons)"
+        assert lines[5].split() == ["DAEMON", "HOST", "PID", "STORE", "HEARTBEAT", "STATE",
                                     "IN", "FLIGHT"]
-        row = lines[5].split()
+        row = lines[6].split()
         assert row[0] == daemon_id and row[3] == "memory" and row[6:] == ["alive", "0"]
         assert lines[-1] == "store: memory"
     finally:

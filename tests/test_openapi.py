@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import fakeredis
+import orjson
 import pytest
 import requests
 import schemathesis
@@ -41,6 +42,7 @@ from schemathesis.specs.openapi.checks import (
 
 from payflow import __version__
 from payflow.config import ApiKeyConfig
+from payflow.deadletters import entry_id
 from payflow.models import (
     DeliveryAttempt,
     EndpointSecret,
@@ -51,6 +53,8 @@ from payflow.models import (
     RefundStatus,
     WebhookEndpoint,
 )
+from payflow.operations import Operations
+from payflow.queue import keys
 from payflow.store.base import RefundCompletion
 from payflow.store.memory import MemoryStore
 from payflow.web import WebContext, create_app
@@ -75,6 +79,12 @@ REFUND = "re_seeded0000000000000000"
 ENDPOINT, DISABLED_ENDPOINT = "ep_seeded0000000001", "ep_seeded0000000002"
 FUZZ_ENDPOINT = "ep_seeded0000000003"  # PATCHed by the fuzzing: anything may happen to it
 PAYMENT_EVENT, REFUND_EVENT = "evt_seeded_payment000000", "evt_seeded_refund0000000"
+QUEUES: Final = ("payflow_jobs", "webhook_jobs")
+DEAD_ENTRY: Final = (b'{"queue":"payflow_jobs","reason":"seeded","failed_at":'
+                     b'"2026-01-01T00:00:00.000Z","consumer":"d:p0","job":"garbage"}')
+DEAD_ID: Final = entry_id(DEAD_ENTRY)
+# The dashboard's page and files: served without an API key.
+DASHBOARD_PAGES: Final = frozenset({"/dashboard", "/dashboard/{file}"})
 
 
 def _documented_operations() -> list[tuple[str, str]]:
@@ -119,6 +129,7 @@ class Live:
         store = MemoryStore()
         await seed(store)
         redis = fakeredis.FakeAsyncRedis()
+        await seed_redis(redis)
 
         async def enqueue(raw: bytes) -> None:
             self.raws.append(raw)
@@ -128,7 +139,8 @@ class Live:
 
         ctx = WebContext(store=store, enqueue_payment=enqueue, enqueue_webhook=enqueue,
                          ping=ping, api_keys=self.api_keys,
-                         idempotency=Idempotency(redis, ttl_seconds=600, required=False))
+                         idempotency=Idempotency(redis, ttl_seconds=600, required=False),
+                         operations=Operations(redis, QUEUES, store))
         if self.stopping:
             ctx.stopping.set()
         runner = web.AppRunner(create_app(ctx))
@@ -187,6 +199,18 @@ async def seed(store: MemoryStore) -> None:
             next_retry_at="2030-01-01T00:00:00.000Z" if outcome == "retrying" else None)])
 
 
+async def seed_redis(redis: fakeredis.FakeAsyncRedis) -> None:
+    """Dead letters in both queues and a live daemon with rates."""
+    await redis.rpush(keys.dead(QUEUES[0]), DEAD_ENTRY, DEAD_ENTRY.replace(b"garbage", b"g2"))
+    await redis.rpush(keys.dead(QUEUES[1]), DEAD_ENTRY.replace(b"payflow", b"webhook"))
+    lists = [[q, keys.processing(q, "d:p0")] for q in QUEUES]
+    rates = {q: {"done": 1.5, "retried": 0.0, "dead": 0.02} for q in QUEUES}
+    await redis.hset(keys.DAEMONS, "d", orjson.dumps({
+        "host": "h", "pid": 1, "started_at": "2026-01-01T00:00:00.000Z", "lists": lists,
+        "store": "memory", "shared": False, "rates": rates, "rate_window_seconds": 60.0}))
+    await redis.set(keys.heartbeat("d"), "2026-01-01T00:00:00.000+00:00")
+
+
 @pytest.fixture(scope="module")
 def live() -> Iterator[Live]:
     server = Live()
@@ -241,7 +265,7 @@ def test_security_matches_the_open_paths() -> None:
     assert doc["security"] == [{"bearerAuth": []}]
     open_ops = {path for path, item in doc["paths"].items() for method, op in item.items()
                 if method in METHODS and op.get("security") == []}
-    assert open_ops == set(ALWAYS_OPEN)
+    assert open_ops == set(ALWAYS_OPEN) | DASHBOARD_PAGES
     assert doc["paths"]["/metrics"]["get"]["security"] == [{}, {"bearerAuth": []}]
     for path, item in doc["paths"].items():
         for method, op in item.items():
@@ -328,6 +352,20 @@ SEEDED: Final[dict[tuple[str, str], list[tuple[int, dict[str, Any]]]]] = {
         (409, {"path_parameters": {"id": PAYMENT_EVENT},
                "body": {"endpoint_id": DISABLED_ENDPOINT}}),
         (202, {"path_parameters": {"id": PAYMENT_EVENT}})],
+    ("GET", "/v1/queues"): [(200, {})],
+    ("GET", "/v1/dead_letters"): [(200, {"query": {"queue": QUEUES[0], "limit": 1}}),
+                                  (400, {"query": {"queue": "nope"}})],
+    ("DELETE", "/v1/dead_letters"): [(200, {"query": {"queue": QUEUES[1]}})],
+    ("POST", "/v1/dead_letters/replay"): [
+        (200, {"body": {"queue": QUEUES[0], "id": DEAD_ID}}),
+        (404, {"body": {"queue": QUEUES[0], "id": DEAD_ID}}),  # replayed already
+        (200, {"body": {"queue": QUEUES[0], "all": True}})],
+    ("GET", "/v1/payments/{payment_id}/events"): [
+        (200, {"path_parameters": {"payment_id": SUCCEEDED}})],
+    ("GET", "/v1/webhook_endpoints/{id}/health"): [(200, {"path_parameters": {"id": ENDPOINT}})],
+    ("GET", "/dashboard"): [(200, {})],
+    ("GET", "/dashboard/{file}"): [(200, {"path_parameters": {"file": f}})
+                                   for f in ("app.js", "style.css")],
 }
 
 
@@ -425,7 +463,8 @@ def test_every_operation_documents_its_401(schema: BaseSchema, live: Live,
     for method, path in _documented_operations():
         case = _minimal_case(schema[path][method])
         response = case.call(base_url=live.url, session=http, timeout=10)
-        assert (response.status_code == 401) is (path not in ALWAYS_OPEN | {"/metrics"})
+        assert (response.status_code == 401) is (
+            path not in ALWAYS_OPEN | DASHBOARD_PAGES | {"/metrics"})
         case.validate_response(response, checks=CHECKS)
 
 

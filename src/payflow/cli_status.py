@@ -1,8 +1,10 @@
 """``payflow status``: the queues and daemons of the Redis a daemon uses, read from Redis alone.
 
-Processing rates are not shown: the done counters live in each daemon's process (``/metrics``),
-not in Redis. Also :func:`never_registered`, the check that ``payflow dead`` and ``payflow
-status`` share: a Redis that no PayFlow daemon ever used is most likely the wrong one.
+The report is :func:`payflow.operations.gather`, which the dashboard's ``GET /v1/queues``
+answers too. Processing rates (jobs done, retried and dead per second over the last minute)
+are those the live daemons publish with their heartbeats, summed. Also
+:func:`never_registered`, the check that ``payflow dead`` and ``payflow status`` share: a Redis
+that no PayFlow daemon ever used is most likely the wrong one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from payflow.errors import ConfigError
@@ -27,10 +28,12 @@ NOT_PAYFLOW = 3  # exit status when no PayFlow daemon has ever registered on the
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser(
-        "status", help="show queue depths and the registered daemons",
+        "status", help="show queue depths, processing rates and the registered daemons",
         description="Show, from Redis alone, each queue's ready, processing, delayed and dead "
-                    "jobs, and the registered daemons with their heartbeat and in-flight jobs. "
-                    "Exits 3 when no PayFlow daemon has ever registered on that Redis.")
+                    "jobs, the jobs done, retried and dead per second over the last minute "
+                    "(summed over the live daemons), and the registered daemons with their "
+                    "heartbeat and in-flight jobs. Exits 3 when no PayFlow daemon has ever "
+                    "registered on that Redis.")
     add_redis_arguments(status)
     status.add_argument("--json", action="store_true", help="one JSON object")
 
@@ -127,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     queues = [config.queue.payments, config.queue.webhooks]
 
     async def work(redis: Redis) -> int:
+        from payflow.operations import gather
+
         if await never_registered(redis, queues):
             print(not_registered_line(url), file=sys.stderr)
             return NOT_PAYFLOW
@@ -140,69 +145,15 @@ def run(args: argparse.Namespace) -> int:
     return with_redis(url, config.redis.url == "embedded", work)
 
 
-async def gather(redis: Redis, queues: Sequence[str]) -> dict[str, Any]:
-    """The status as a JSON-able dict: ``queues`` (name -> ready, processing, delayed, dead),
-    ``daemons`` (id, host, pid, started_at, store, shared, alive, heartbeat_age_seconds,
-    in_flight: queue -> jobs) and ``stores`` (the store kinds the daemons report)."""
-    from payflow.queue import keys
-
-    registry = await redis.hgetall(keys.DAEMONS)
-    daemons: list[dict[str, Any]] = []
-    processing = dict.fromkeys(queues, 0)
-    now = datetime.now(UTC)
-    for raw_id, raw_info in sorted(registry.items()):
-        daemon_id = _text(raw_id)
-        try:
-            info = json.loads(raw_info)
-            lists = [(str(q), str(p)) for q, p in info.get("lists", [])]
-        except (ValueError, TypeError, AttributeError):
-            info, lists = {}, []
-        beat = await redis.get(keys.heartbeat(daemon_id))
-        in_flight: dict[str, int] = {}
-        for queue, plist in lists:
-            in_flight[queue] = in_flight.get(queue, 0) + int(await redis.llen(plist))
-        for queue, count in in_flight.items():
-            if queue in processing:
-                processing[queue] += count
-        daemons.append({"id": daemon_id, "host": info.get("host"), "pid": info.get("pid"),
-                        "started_at": info.get("started_at"), "store": info.get("store"),
-                        "shared": info.get("shared"), "alive": beat is not None,
-                        "heartbeat_age_seconds": _age(beat, now), "in_flight": in_flight})
-    report: dict[str, Any] = {"queues": {}, "daemons": daemons,
-                              "stores": sorted({str(d["store"]) for d in daemons
-                                                if d["store"] is not None})}
-    for queue in queues:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.llen(queue)
-            pipe.zcard(keys.delayed(queue))
-            pipe.llen(keys.dead(queue))
-            ready, delayed, dead = await pipe.execute()
-        report["queues"][queue] = {"ready": int(ready), "processing": processing[queue],
-                                   "delayed": int(delayed), "dead": int(dead)}
-    return report
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
-
-
-def _age(beat: bytes | str | None, now: datetime) -> float | None:
-    """Seconds since the heartbeat's ISO time (liveness.beat writes it)."""
-    if beat is None:
-        return None
-    try:
-        then = datetime.fromisoformat(_text(beat))
-    except ValueError:
-        return None
-    return round(max(0.0, (now - then).total_seconds()), 1)
-
-
 def render(report: dict[str, Any]) -> str:
-    rows = [["QUEUE", "READY", "PROCESSING", "DELAYED", "DEAD"]]
+    rows = [["QUEUE", "READY", "PROCESSING", "DELAYED", "DEAD", "DONE/S", "RETRIED/S",
+             "DEAD/S"]]
     for name, q in report["queues"].items():
-        rows.append([name, *(str(q[k]) for k in ("ready", "processing", "delayed", "dead"))])
-    lines = _table(rows, right=range(1, 5))
-    lines.append("")
+        rates = report["rates"].get(name, {})
+        rows.append([name, *(str(q[k]) for k in ("ready", "processing", "delayed", "dead")),
+                     *(f"{rates.get(k, 0.0):.2f}" for k in ("done", "retried", "dead"))])
+    lines = _table(rows, right=range(1, 8))
+    lines += ["(per second: jobs over the last minute, summed over the live daemons)", ""]
     if report["daemons"]:
         rows = [["DAEMON", "HOST", "PID", "STORE", "HEARTBEAT", "STATE", "IN FLIGHT"]]
         for d in report["daemons"]:

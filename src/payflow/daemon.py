@@ -31,6 +31,7 @@ from payflow.config import Config, config_summary
 from payflow.embedded import EmbeddedRedis
 from payflow.errors import StartupError
 from payflow.handlers import PaymentHandler
+from payflow.operations import Operations
 from payflow.payments import PaymentService
 from payflow.processor import SimulatedProcessor, use_fingerprint_key
 from payflow.queue.backoff import full_jitter
@@ -175,7 +176,9 @@ class Daemon:
                          idempotency=Idempotency(
                              intake, ttl_seconds=cfg.api.idempotency_ttl_hours * 3600,
                              required=cfg.api.require_idempotency_key),
-                         address_policy=guard)
+                         address_policy=guard,
+                         operations=Operations(intake, [cfg.queue.payments, cfg.queue.webhooks],
+                                               st))
         if not cfg.api.keys and cfg.http.host not in LOOPBACK_HOSTS:
             log.warning("api.open", host=cfg.http.host,
                         detail="no API key is configured and the API listens beyond loopback: "

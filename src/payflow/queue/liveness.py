@@ -5,6 +5,10 @@ lists in the hash ``payflow:daemons``. The reaper (one daemon at a time, under a
 moves the processing lists of daemons whose heartbeat expired back to their queues; a job that
 was in flight at more than ``max_redeliveries`` deaths is poison and goes to ``{<q>}:dead``
 (trimmed, as by the consumers, to ``dead_max_entries``).
+
+With each heartbeat a daemon also publishes, in its registry entry, how many jobs per second
+it finished over the last minute, by queue and outcome (:class:`JobRates`, sampled from its
+``payflow_jobs`` counters); ``payflow status`` and the dashboard sum those of the live daemons.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
 import structlog
 from redis.asyncio import Redis
@@ -32,6 +39,47 @@ log = structlog.get_logger("payflow.liveness")
 
 # How long the reaper remembers a job's redeliveries after its last one.
 REDELIVERY_MEMORY_SECONDS = 7 * 24 * 3600
+RATE_WINDOW_SECONDS: Final = 60.0
+RATE_OUTCOMES: Final = ("done", "retried", "dead")
+
+Counts = Mapping[tuple[str, str], float]  # (queue, outcome) -> jobs since the process started
+
+
+def job_counts() -> dict[tuple[str, str], float]:
+    """This process's ``payflow_jobs`` counters."""
+    return {(s.labels["queue"], s.labels["outcome"]): s.value
+            for metric in metrics.JOBS.collect() for s in metric.samples
+            if s.name.endswith("_total")}
+
+
+class JobRates:
+    """Jobs per second by queue and outcome over the last :data:`RATE_WINDOW_SECONDS`, from
+    samples of the counters taken at each :meth:`sample` (a heartbeat); until a window has
+    passed, over the time since the first sample."""
+
+    def __init__(self, queues: Sequence[str], *, window: float = RATE_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.monotonic,
+                 read: Callable[[], Counts] = job_counts) -> None:
+        self.queues = list(dict.fromkeys(queues))
+        self.window = window
+        self._clock = clock
+        self._read = read
+        self._samples: deque[tuple[float, Counts]] = deque([(clock(), read())])
+
+    def sample(self) -> dict[str, dict[str, float]]:
+        """Take a sample; the rates: queue -> outcome -> jobs per second."""
+        now, counts = self._clock(), self._read()
+        self._samples.append((now, counts))
+        # Keep the newest sample at least a window old: it is where the window starts.
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.window:
+            self._samples.popleft()
+        then, old = self._samples[0]
+        elapsed = now - then
+        return {queue: {outcome: round(max(0.0, counts.get((queue, outcome), 0.0)
+                                           - old.get((queue, outcome), 0.0)) / elapsed, 3)
+                        if elapsed > 0 else 0.0
+                        for outcome in RATE_OUTCOMES}
+                for queue in self.queues}
 
 
 class Liveness:
@@ -52,9 +100,15 @@ class Liveness:
         self.scripts = Scripts(redis)
         self.store_kind = store_kind
         self.store_shared = store_shared
-        self.info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "started_at": now_iso(), "lists": self.lists,
-                                "store": store_kind, "shared": store_shared})
+        self.rates = JobRates([queue for queue, _ in self.lists])
+        self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
+                                      "started_at": now_iso(), "lists": self.lists,
+                                      "store": store_kind, "shared": store_shared}
+
+    def registry_entry(self) -> str:
+        """Who this daemon is, its processing lists, and its rates now (a new sample)."""
+        return json.dumps({**self._info, "rates": self.rates.sample(),
+                           "rate_window_seconds": self.rates.window})
 
     async def start(self, *, wait_for_namesake: bool) -> None:
         """Recover what an earlier daemon of the same id left, then register. With an explicit
@@ -108,7 +162,8 @@ class Liveness:
     async def beat(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.heartbeat(self.id), now_iso(), px=self.ttl_ms)
-            pipe.hset(keys.DAEMONS, self.id, self.info)  # again, in case a reaper removed us
+            # again, in case a reaper removed us
+            pipe.hset(keys.DAEMONS, self.id, self.registry_entry())
             await pipe.execute()
 
     async def stop_beating(self) -> None:

@@ -28,8 +28,19 @@ from payflow.config import ApiKeyConfig
 from payflow.errors import PayFlowError
 from payflow.intake import Payments
 from payflow.logs import REQUEST_ID
+from payflow.operations import Operations
 from payflow.store.base import Store
-from payflow.web import endpoints, events, health, openapi, payments, problems, refunds
+from payflow.web import (
+    dashboard,
+    endpoints,
+    events,
+    health,
+    openapi,
+    operations,
+    payments,
+    problems,
+    refunds,
+)
 from payflow.web.auth import auth_middleware
 from payflow.web.body import BODY_SECONDS_KEY
 from payflow.web.idempotency import Idempotency
@@ -69,6 +80,8 @@ class WebContext:
     idempotency: Idempotency | None = None
     # The delivery's address policy: endpoint URLs it would refuse get a 422; None: unchecked.
     address_policy: AddressPolicy | None = None
+    # Queues, dead letters and daemons for the dashboard; None: those routes answer 503.
+    operations: Operations | None = None
     # Set => every request but /healthz gets 503 (shutdown).
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # The core services the routes call (built from the above).
@@ -91,7 +104,8 @@ def create_app(ctx: WebContext) -> web.Application:
     """The aiohttp application of the HTTP API around ``ctx``."""
     middlewares: list[Middleware] = [_middleware]  # first: Request-Id, problem rendering
     # then who is calling (the idempotency keys are scoped to the API key)
-    middlewares.append(auth_middleware(ctx.api_keys, metrics_public=ctx.metrics_public))
+    middlewares.append(auth_middleware(ctx.api_keys, metrics_public=ctx.metrics_public,
+                                       open_trees=[dashboard.PATH]))
     if ctx.idempotency is not None:
         middlewares.append(idempotency_middleware(ctx.idempotency))
     app = web.Application(client_max_size=ctx.max_body_bytes, middlewares=middlewares)
@@ -102,6 +116,8 @@ def create_app(ctx: WebContext) -> web.Application:
     endpoints.add_routes(app, ctx)
     events.add_routes(app, ctx)
     health.add_routes(app, ctx)
+    operations.add_routes(app, ctx)
+    dashboard.add_routes(app)
     openapi.add_routes(app)
     app.on_response_prepare.append(_stamp_request_id)
     return app

@@ -39,12 +39,18 @@ def find_key(keys: Sequence[ApiKeyConfig], presented: str) -> str | None:
     return found
 
 
-def auth_middleware(keys: Sequence[ApiKeyConfig], *, metrics_public: bool) -> Middleware:
+def auth_middleware(keys: Sequence[ApiKeyConfig], *, metrics_public: bool,
+                    open_trees: Sequence[str] = ()) -> Middleware:
+    """``open_trees``: paths served without a key with everything under them (pages that hold
+    no data, such as the dashboard's files)."""
     open_paths = ALWAYS_OPEN | ({"/metrics"} if metrics_public else frozenset())
+    trees = tuple(open_trees)
+    under = tuple(tree + "/" for tree in trees)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not keys or request.path in open_paths:
+        path = request.path
+        if not keys or path in open_paths or path in trees or path.startswith(under):
             if API_KEY_NAME not in request:
                 request[API_KEY_NAME] = ANONYMOUS
             return await handler(request)

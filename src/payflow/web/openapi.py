@@ -82,6 +82,9 @@ _TAGS: Final = {
     "refunds": "Refund a succeeded payment, in full or in parts.",
     "webhook_endpoints": "Where webhooks go, their secrets, and recovering missed ones.",
     "events": "What webhooks carry, their delivery attempts, and re-delivery.",
+    "queues": "Queue depths, processing rates, daemons and dead letters (the dashboard's "
+              "data; `payflow status` and `payflow dead` show the same).",
+    "dashboard": "The operator's page: open without a key; its data comes from the API.",
     "operations": "Health, readiness, metrics and this document.",
 }
 
@@ -190,7 +193,8 @@ def _time_query(name: str, description: str, status: int) -> Doc:
 
 
 def _paths() -> Doc:
-    return {**_payment_paths(), **_endpoint_paths(), **_event_paths(), **_operation_paths()}
+    return {**_payment_paths(), **_endpoint_paths(), **_event_paths(), **_queue_paths(),
+            **_dashboard_paths(), **_operation_paths()}
 
 
 def _payment_paths() -> Doc:
@@ -355,6 +359,76 @@ def _event_paths() -> Doc:
             body=_body_of("EventRetry", required=False,
                           description="Optional: one endpoint, or every subscribed one."),
             idempotent_post=True)},
+    }
+
+
+def _queue_paths() -> Doc:
+    redis = "queue_unavailable: Redis does not answer, or this server offers no queue operations."
+    bad_queue = ("missing, unknown_queue: queue is absent or not one of the daemon's queues "
+                 "(param: queue)")
+    queue = {"name": "queue", "in": "query", "required": True, "schema": {"type": "string"},
+             "description": "A queue of the daemon ([queue] payments or webhooks)."}
+    limit = {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+             "description": "Entries to show (400 out_of_range otherwise)."}
+    return {
+        "/v1/queues": {"get": _operation(
+            "getQueueOverview", "Queue depths, processing rates and daemons", "queues",
+            {200: _json("QueueOverview", "The overview.")}, {503: [redis]})},
+        "/v1/dead_letters": {
+            "get": _operation(
+                "listDeadLetters", "List a queue's dead letters, newest first", "queues",
+                {200: _json("DeadLetterList", "The newest entries.")},
+                {400: [bad_queue + "; out_of_range (param: limit)."], 503: [redis]},
+                query=(queue, limit)),
+            "delete": _operation(
+                "purgeDeadLetters", "Delete every dead letter of a queue", "queues",
+                {200: _json("DeadLetterPurged", "Deleted.")},
+                {400: [bad_queue + "."], 503: [redis]}, query=(queue,))},
+        "/v1/dead_letters/replay": {"post": _operation(
+            "replayDeadLetters", "Put dead jobs back on their queue", "queues",
+            {200: _json("DeadLetterReplayed", "Replayed: each entry is removed and its job "
+                                              "queued again (a JSON job at attempt 0).")},
+            {400: [_INVALID_JSON],
+             404: ["dead_letter_not_found: no entry has this id (any more)."],
+             422: ["unknown_field, missing, invalid_type, invalid_id, id_and_all (param names "
+                   "the field); " + bad_queue + "."],
+             503: [redis]},
+            body=_body_of("DeadLetterReplay", required=True,
+                          description='One entry ("id") or every entry ("all": true).'),
+            idempotent_post=True)},
+        "/v1/payments/{payment_id}/events": {
+            "parameters": [_path_param("payment_id", "The payment's id (pay_...).")],
+            "get": _operation(
+                "listPaymentEvents", "List the events of a payment and its refunds", "events",
+                {200: _json("PaymentEventList", "Its events, oldest first.")},
+                {404: ["payment_not_found: no payment has this id."]})},
+        "/v1/webhook_endpoints/{id}/health": {
+            "parameters": [_path_param("id", "The endpoint's id (ep_...).")],
+            "get": _operation(
+                "getWebhookEndpointHealth", "How deliveries to an endpoint went lately",
+                "webhook_endpoints",
+                {200: _json("WebhookEndpointHealth", "Its last 24 hours.")},
+                {404: ["webhook_endpoint_not_found: no endpoint has this id."]})},
+    }
+
+
+def _dashboard_paths() -> Doc:
+    def page(media: tuple[str, ...], description: str) -> Doc:
+        return {"description": description, "headers": _header_refs(),
+                "content": {m: {"schema": {"type": "string"}} for m in media}}
+
+    return {
+        "/dashboard": {"get": _operation(
+            "dashboard", "The dashboard page", "dashboard",
+            {200: page(("text/html",), "The page (it asks for an API key).")}, {},
+            security=[])},
+        "/dashboard/{file}": {
+            "parameters": [_path_param("file", "app.js or style.css.")],
+            "get": _operation(
+                "dashboardFile", "A file of the dashboard page", "dashboard",
+                {200: page(("text/javascript", "text/css"), "The file.")},
+                {404: ["not_found: the dashboard has no such file."]}, security=[])},
     }
 
 

@@ -1,0 +1,261 @@
+"""Operating PayFlow: what ``payflow status`` and the dashboard show and do, for every caller.
+
+- :func:`gather`: the queues (ready, processing, delayed, dead), the registered daemons
+  (heartbeat, in-flight jobs, processing rates) and the store kinds, read from Redis alone;
+  ``payflow status`` prints it, ``GET /v1/queues`` answers it.
+- :class:`Operations`: the service behind the dashboard's routes: that overview, the dead
+  letters of a queue (list, replay one or all, purge; built on :mod:`payflow.deadletters`), the
+  events of a payment and the delivery health of a webhook endpoint.
+
+Rates come from the daemons: each publishes, with its heartbeat, the jobs it finished per
+second over the last minute (:class:`payflow.queue.liveness.JobRates`); :func:`gather` sums
+those of the live daemons. :class:`Operations` raises :class:`ValidationError` (an unknown
+queue), :class:`NotFound` and :class:`QueueUnavailable` (Redis does not answer); never a Redis
+error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from payflow import deadletters
+from payflow.deadletters import DeadEntry
+from payflow.errors import NotFound, QueueUnavailable, ValidationError
+from payflow.models import Event, iso
+from payflow.queue import keys
+from payflow.queue.liveness import RATE_OUTCOMES, RATE_WINDOW_SECONDS
+from payflow.store.base import Store
+
+__all__ = ["ENTRY_ID", "FAILED_OUTCOMES", "HEALTH_WINDOW_HOURS", "Operations", "entry_dict",
+           "gather"]
+
+ENTRY_ID: Final = re.compile(r"[0-9a-f]{12}")  # deadletters.entry_id
+HEALTH_WINDOW_HOURS: Final = 24
+# Attempts that count against an endpoint ("skipped": it was disabled, nothing was sent).
+FAILED_OUTCOMES: Final = frozenset({"retrying", "dead", "refused", "disabled"})
+EVENTS_SCANNED: Final = 10_000  # events looked at to find those of one payment
+_PAGE: Final = 500
+_REDIS_ERRORS: Final = (RedisError, OSError)
+
+
+async def gather(redis: Redis, queues: Sequence[str]) -> dict[str, Any]:
+    """The status as a JSON-able dict: ``queues`` (name -> ready, processing, delayed, dead),
+    ``rates`` (name -> done, retried, dead: jobs per second over the last minute, summed over
+    the live daemons), ``rate_window_seconds``, ``daemons`` (id, host, pid, started_at,
+    store, shared, alive, heartbeat_age_seconds, in_flight: queue -> jobs, rates: queue ->
+    outcome -> per second) and ``stores`` (the store kinds the daemons report)."""
+    registry = await redis.hgetall(keys.DAEMONS)
+    daemons: list[dict[str, Any]] = []
+    processing = dict.fromkeys(queues, 0)
+    rates = {queue: dict.fromkeys(RATE_OUTCOMES, 0.0) for queue in queues}
+    now = datetime.now(UTC)
+    for raw_id, raw_info in sorted(registry.items()):
+        daemon_id = _text(raw_id)
+        try:
+            info = json.loads(raw_info)
+            lists = [(str(q), str(p)) for q, p in info.get("lists", [])]
+        except (ValueError, TypeError, AttributeError):
+            info, lists = {}, []
+        beat = await redis.get(keys.heartbeat(daemon_id))
+        in_flight: dict[str, int] = {}
+        for queue, plist in lists:
+            in_flight[queue] = in_flight.get(queue, 0) + int(await redis.llen(plist))
+        for queue, count in in_flight.items():
+            if queue in processing:
+                processing[queue] += count
+        own_rates = _rates(info.get("rates"))
+        if beat is not None:
+            for queue, by_outcome in own_rates.items():
+                for outcome, value in by_outcome.items():
+                    if queue in rates:
+                        rates[queue][outcome] += value
+        daemons.append({"id": daemon_id, "host": info.get("host"), "pid": info.get("pid"),
+                        "started_at": info.get("started_at"), "store": info.get("store"),
+                        "shared": info.get("shared"), "alive": beat is not None,
+                        "heartbeat_age_seconds": _age(beat, now), "in_flight": in_flight,
+                        "rates": own_rates})
+    report: dict[str, Any] = {"queues": {}, "rates": {
+        queue: {outcome: round(value, 3) for outcome, value in by_outcome.items()}
+        for queue, by_outcome in rates.items()}, "rate_window_seconds": RATE_WINDOW_SECONDS,
+        "daemons": daemons,
+        "stores": sorted({str(d["store"]) for d in daemons if d["store"] is not None})}
+    for queue in queues:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.llen(queue)
+            pipe.zcard(keys.delayed(queue))
+            pipe.llen(keys.dead(queue))
+            ready, delayed, dead = await pipe.execute()
+        report["queues"][queue] = {"ready": int(ready), "processing": processing[queue],
+                                   "delayed": int(delayed), "dead": int(dead)}
+    return report
+
+
+def _rates(published: object) -> dict[str, dict[str, float]]:
+    """A daemon's published rates, keeping only numbers of the known outcomes."""
+    if not isinstance(published, dict):
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for queue, by_outcome in published.items():
+        if isinstance(queue, str) and isinstance(by_outcome, dict):
+            out[queue] = {outcome: float(value) for outcome, value in by_outcome.items()
+                          if outcome in RATE_OUTCOMES and isinstance(value, int | float)
+                          and not isinstance(value, bool)}
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def _age(beat: bytes | str | None, now: datetime) -> float | None:
+    """Seconds since the heartbeat's ISO time (liveness.beat writes it)."""
+    if beat is None:
+        return None
+    try:
+        then = datetime.fromisoformat(_text(beat))
+    except ValueError:
+        return None
+    return round(max(0.0, (now - then).total_seconds()), 1)
+
+
+def entry_dict(entry: DeadEntry) -> dict[str, str]:
+    """A dead-letter entry as JSON (the job's non-UTF-8 bytes as ``\\xNN``)."""
+    return {"object": "dead_letter", "id": entry.id, "queue": entry.queue,
+            "failed_at": entry.failed_at, "reason": entry.reason, "consumer": entry.consumer,
+            "job": entry.job.decode("utf-8", "backslashreplace")}
+
+
+class Operations:
+    """The queues of one Redis and the store of one daemon, for the dashboard and the API."""
+
+    def __init__(self, redis: Redis, queues: Sequence[str], store: Store) -> None:
+        self.redis = redis
+        self.queues = tuple(queues)
+        self.store = store
+
+    # --- queues and daemons --------------------------------------------------------------
+
+    async def overview(self) -> dict[str, Any]:
+        """:func:`gather` for this daemon's queues."""
+        try:
+            return await gather(self.redis, self.queues)
+        except _REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    # --- dead letters --------------------------------------------------------------------
+
+    def check_queue(self, queue: str | None, *, status: int = 400) -> str:
+        """``queue`` when it is one of this daemon's queues; else a ValidationError."""
+        if queue is None:
+            raise ValidationError("queue is required: " + self._choices(), param="queue",
+                                  code="missing", status=status)
+        if queue not in self.queues:
+            raise ValidationError(f"Unknown queue {queue[:100]!r}: " + self._choices(),
+                                  param="queue", code="unknown_queue", status=status)
+        return queue
+
+    def _choices(self) -> str:
+        return "one of " + ", ".join(self.queues) + "."
+
+    async def dead_letters(self, queue: str, *, limit: int) -> tuple[int, list[DeadEntry]]:
+        """How many entries ``queue``'s dead list has, and its newest ``limit``."""
+        self.check_queue(queue)
+        try:
+            total = int(await self.redis.llen(keys.dead(queue)))
+            return total, await deadletters.list_dead(self.redis, queue, limit=limit)
+        except _REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    async def replay(self, queue: str, entry_ids: Collection[str] | None) -> int:
+        """Put the jobs of these entries (``None``: of every entry) back on ``queue``; returns
+        how many were replayed. An id with no entry (never there, or replayed or purged
+        meanwhile) is :class:`NotFound` after the others were replayed."""
+        self.check_queue(queue, status=422)
+        for entry_id in entry_ids or ():
+            if not ENTRY_ID.fullmatch(entry_id):
+                raise ValidationError("id must be the 12 hex digits of a dead-letter entry.",
+                                      param="id", code="invalid_id")
+        try:
+            replayed, missing = await deadletters.replay(self.redis, queue, entry_ids)
+        except _REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        if missing:
+            raise NotFound("dead_letter", missing[0])
+        return replayed
+
+    async def purge(self, queue: str) -> int:
+        """Delete ``queue``'s dead list; returns how many entries it had."""
+        self.check_queue(queue)
+        try:
+            return await deadletters.purge(self.redis, queue)
+        except _REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    # --- payments and endpoints ----------------------------------------------------------
+
+    async def payment_events(self, payment_id: str) -> tuple[list[Event], bool]:
+        """The events of a payment and of its refunds, oldest first, among the
+        :data:`EVENTS_SCANNED` newest events recorded since it was created; and whether that
+        limit was reached (older events of the payment may be missing)."""
+        found = await self.store.get_payments([payment_id])
+        if payment_id not in found:
+            raise NotFound("payment", payment_id)
+        since = found[payment_id].created_at
+        events: list[Event] = []
+        cursor: str | None = None
+        seen = 0
+        while True:
+            page = await self.store.list_events(limit=_PAGE, starting_after=cursor,
+                                                created_gte=since)
+            events += [e for e in page if _about(e, payment_id)]
+            seen += len(page)
+            if len(page) < _PAGE:
+                return events[::-1], False
+            if seen >= EVENTS_SCANNED:
+                return events[::-1], True
+            cursor = page[-1].id
+
+    async def endpoint_health(self, endpoint_id: str) -> dict[str, Any]:
+        """How deliveries to an endpoint went over the last :data:`HEALTH_WINDOW_HOURS`: the
+        attempts and failures, the last success and failure, and the failure streak (failed
+        attempts since the last success), with its disabled state."""
+        found = await self.store.get_endpoints([endpoint_id])
+        if endpoint_id not in found:
+            raise NotFound("webhook_endpoint", endpoint_id)
+        endpoint = found[endpoint_id]
+        since = datetime.now(UTC) - timedelta(hours=HEALTH_WINDOW_HOURS)
+        attempts = await self.store.attempts_since(endpoint_id, iso(since))  # oldest first
+        last_success = last_failure = None
+        failures = streak = 0
+        for attempt in attempts:
+            if attempt.outcome == "succeeded":
+                last_success, streak = attempt.at, 0
+            elif attempt.outcome in FAILED_OUTCOMES:
+                last_failure = attempt.at
+                failures += 1
+                streak += 1
+        return {"object": "webhook_endpoint_health", "endpoint_id": endpoint.id,
+                "window_hours": HEALTH_WINDOW_HOURS, "attempts": len(attempts),
+                "failures": failures, "last_success_at": last_success,
+                "last_failure_at": last_failure, "failure_streak": streak,
+                "failing_since": endpoint.failing_since, "disabled": endpoint.disabled,
+                "disabled_reason": endpoint.disabled_reason}
+
+
+def _about(event: Event, payment_id: str) -> bool:
+    """Whether ``event`` is about the payment (``payment.*``) or one of its refunds."""
+    data = event.data
+    if event.type.startswith("refund."):
+        return data.get("payment_id") == payment_id
+    return data.get("id") == payment_id
+
+
+def _unavailable(exc: BaseException) -> QueueUnavailable:
+    return QueueUnavailable(f"Redis does not answer ({type(exc).__name__}); retry shortly.")

@@ -1,0 +1,96 @@
+"""The routes of the dashboard's data: ``GET /v1/queues`` (depths, rates, daemons),
+``/v1/dead_letters`` (list, replay, purge), ``GET /v1/payments/{id}/events`` and
+``GET /v1/webhook_endpoints/{id}/health``; a thin adapter over
+:class:`payflow.operations.Operations`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+
+from payflow.errors import QueueUnavailable, ValidationError
+from payflow.operations import Operations, entry_dict
+from payflow.web import problems
+from payflow.web.body import read_json_object
+from payflow.web.params import page_limit, reject_unknown
+
+if TYPE_CHECKING:
+    from payflow.web.app import WebContext
+
+QUEUES_PATH: Final = "/v1/queues"
+DEAD_PATH: Final = "/v1/dead_letters"
+
+
+def add_routes(app: web.Application, ctx: WebContext) -> None:
+    h = _Handlers(ctx)
+    app.router.add_get(QUEUES_PATH, h.overview)
+    app.router.add_get(DEAD_PATH, h.dead_letters)
+    app.router.add_delete(DEAD_PATH, h.purge)
+    app.router.add_post(DEAD_PATH + "/replay", h.replay)
+    app.router.add_get("/v1/payments/{payment_id}/events", h.payment_events)
+    app.router.add_get("/v1/webhook_endpoints/{id}/health", h.endpoint_health)
+
+
+class _Handlers:
+    def __init__(self, ctx: WebContext) -> None:
+        self._operations = ctx.operations
+
+    @property
+    def ops(self) -> Operations:
+        if self._operations is None:
+            raise QueueUnavailable("This server does not offer queue operations.")
+        return self._operations
+
+    async def overview(self, request: web.Request) -> web.Response:
+        return problems.json_response({"object": "queue_overview",
+                                       **await self.ops.overview()})
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        """The newest entries first, ``limit`` 1-100 (50)."""
+        limit = page_limit(request, default=50)
+        queue = self.ops.check_queue(request.query.get("queue"))
+        total, entries = await self.ops.dead_letters(queue, limit=limit)
+        return problems.json_response({"object": "list", "queue": queue, "total": total,
+                                       "data": [entry_dict(e) for e in entries],
+                                       "has_more": total > len(entries)})
+
+    async def replay(self, request: web.Request) -> web.Response:
+        """``{"queue": …, "id": …}`` replays one entry, ``{"queue": …, "all": true}`` all."""
+        body = await read_json_object(request)
+        reject_unknown(body, ("queue", "id", "all"))
+        queue = body.get("queue")
+        if not isinstance(queue, str):
+            raise ValidationError("queue must be a string.", param="queue",
+                                  code="invalid_type" if "queue" in body else "missing")
+        entry_id, every = body.get("id"), body.get("all", False)
+        if entry_id is not None and not isinstance(entry_id, str):
+            raise ValidationError("id must be a string.", param="id", code="invalid_type")
+        if not isinstance(every, bool):
+            raise ValidationError("all must be true or false.", param="all",
+                                  code="invalid_type")
+        if entry_id is None and not every:
+            raise ValidationError('Give "id" (one entry) or "all": true.', param="id",
+                                  code="missing")
+        if entry_id is not None and every:
+            raise ValidationError('Give "id" (one entry) or "all": true, not both.',
+                                  param="all", code="id_and_all")
+        replayed = await self.ops.replay(queue, None if every else [str(entry_id)])
+        return problems.json_response({"object": "dead_letter_replay", "queue": queue,
+                                       "replayed": replayed})
+
+    async def purge(self, request: web.Request) -> web.Response:
+        queue = self.ops.check_queue(request.query.get("queue"))
+        deleted = await self.ops.purge(queue)
+        return problems.json_response({"object": "dead_letter_purge", "queue": queue,
+                                       "deleted": deleted})
+
+    async def payment_events(self, request: web.Request) -> web.Response:
+        events, truncated = await self.ops.payment_events(request.match_info["payment_id"])
+        return problems.json_response({"object": "list",
+                                       "data": [{"object": "event", **e.to_dict()}
+                                                for e in events],
+                                       "has_more": truncated})
+
+    async def endpoint_health(self, request: web.Request) -> web.Response:
+        return problems.json_response(await self.ops.endpoint_health(request.match_info["id"]))
