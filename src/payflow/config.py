@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final, NamedTuple, cast
+from typing import Annotated, Any, Final, NamedTuple, cast, get_args, get_origin, get_type_hints
 
 from payflow._config_parse import (
     ApiKeysRule,
@@ -65,48 +65,68 @@ EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
 STORE_SCHEMES: Final = ("memory", "postgresql", "postgres")
 
 
+# --- what each key allows (rules shared by several keys) -----------------------------------
+
+_QUEUE_NAME = StrRule("a non-empty name without '{', '}' or whitespace", is_queue_name)
+_RATE = FloatRule(0.0, 1.0)
+_SECRET_KEY_RULE = StrRule("empty, or a passphrase of at least 16 characters",
+                           lambda key: key == "" or len(key) >= 16)
+
+# Every key of every section is declared once, below: its type, its rule (``Annotated``: what
+# the file, the environment and the flags may set it to, and the words of the one-line error)
+# and its default.
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RedisConfig:
-    url: str = "embedded"  # "embedded" (in-process server) or a redis://, rediss://, unix:// URL
-    embedded_port: int = 6379  # port of the embedded server on 127.0.0.1
+    # "embedded" (in-process server) or a redis://, rediss://, unix:// URL
+    url: Annotated[str, StrRule("'embedded' or a redis://, rediss:// or unix:// URL",
+                                is_redis_url)] = "embedded"
+    embedded_port: Annotated[int, IntRule(1, 65535)] = 6379  # the embedded server's, 127.0.0.1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class HttpConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080  # 0 = pick a free port
-    max_body_bytes: int = 65536
-    header_timeout_seconds: float = 10.0  # to send a request's head (after connecting or idling)
-    body_timeout_seconds: float = 30.0  # to send its body
-    keepalive_seconds: float = 75.0  # an idle keep-alive connection is closed after this
-    max_connections: int = 1000  # more evict the oldest idle or slow one
+    host: Annotated[str, StrRule("a host name or IP address without whitespace",
+                                 is_token)] = "127.0.0.1"
+    port: Annotated[int, IntRule(0, 65535)] = 8080  # 0 = pick a free port
+    max_body_bytes: Annotated[int, IntRule(1024, 16777216)] = 65536
+    # to send a request's head (after connecting or idling)
+    header_timeout_seconds: Annotated[float, FloatRule(0.1, 3600.0)] = 10.0
+    body_timeout_seconds: Annotated[float, FloatRule(0.1, 3600.0)] = 30.0  # to send its body
+    # an idle keep-alive connection is closed after this
+    keepalive_seconds: Annotated[float, FloatRule(0.1, 3600.0)] = 75.0
+    # more evict the oldest idle or slow one
+    max_connections: Annotated[int, IntRule(8, 1_000_000)] = 1000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class QueueConfig:
-    payments: str = "payflow_jobs"
-    webhooks: str = "webhook_jobs"
-    batch_size: int = 50
-    block_timeout_seconds: float = 1.0
-    promote_interval_seconds: float = 0.5
-    max_job_bytes: int = 1048576  # room for any job the API makes from a 64 KiB request
-    max_redeliveries: int = 5
+    payments: Annotated[str, _QUEUE_NAME] = "payflow_jobs"
+    webhooks: Annotated[str, _QUEUE_NAME] = "webhook_jobs"
+    batch_size: Annotated[int, IntRule(1, 1000)] = 50
+    block_timeout_seconds: Annotated[float, FloatRule(0.05, 30.0)] = 1.0
+    promote_interval_seconds: Annotated[float, FloatRule(0.05, 60.0)] = 0.5
+    # room for any job the API makes from a 64 KiB request
+    max_job_bytes: Annotated[int, IntRule(64, 16777216)] = 1048576
+    max_redeliveries: Annotated[int, IntRule(1, 1000)] = 5
     # A payment still pending this long after its last change has its job queued again.
-    requeue_pending_after_seconds: float = 60.0
-    dead_max_entries: int = 100_000  # per dead list; the oldest are trimmed beyond
+    requeue_pending_after_seconds: Annotated[float, FloatRule(1.0, 86400.0)] = 60.0
+    # per dead list; the oldest are trimmed beyond
+    dead_max_entries: Annotated[int, IntRule(10, 100_000_000)] = 100_000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WorkersConfig:
-    payments: int = 8
-    webhooks: int = 8
+    payments: Annotated[int, IntRule(1, 256)] = 8
+    webhooks: Annotated[int, IntRule(1, 256)] = 8
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ProcessorConfig:
-    latency_ms: int = 0  # simulated processor latency
-    failure_rate: float = 0.0  # random failure rate of the simulator
-    max_attempts: int = 5  # attempts on transient processor errors
+    latency_ms: Annotated[int, IntRule(0, 60000)] = 0  # simulated processor latency
+    failure_rate: Annotated[float, _RATE] = 0.0  # random failure rate of the simulator
+    max_attempts: Annotated[int, IntRule(1, 100)] = 5  # attempts on transient processor errors
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -117,39 +137,53 @@ class EndpointConfig:
     description: str = ""
 
 
+def _build_endpoint(url: str, secret: str | None, events: tuple[str, ...],
+                    description: str) -> EndpointConfig:
+    return EndpointConfig(url=url, secret=secret, enabled_events=events, description=description)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WebhooksConfig:
-    timeout_seconds: float = 15.0
-    max_attempts: int = 10  # attempts in all; past the schedule's end its last delay repeats
+    timeout_seconds: Annotated[float, FloatRule(0.1, 120.0)] = 15.0
+    # attempts in all; past the schedule's end its last delay repeats
+    max_attempts: Annotated[int, IntRule(1, 50)] = 10
     # Standard Webhooks' schedule: the delays before attempts 2, 3, … (attempt 1 is at once).
-    retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0,
-                                         50400.0, 72000.0, 86400.0)
-    disable_after_hours: float = 120.0
-    secret_rotation_grace_hours: float = 24.0
+    retry_schedule: Annotated[tuple[float, ...], FloatTupleRule(0.01, 604800.0, most=49)] = (
+        5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+    disable_after_hours: Annotated[float, FloatRule(0.001, 8760.0)] = 120.0
+    secret_rotation_grace_hours: Annotated[float, FloatRule(0.0, 720.0)] = 24.0
     # The log sink: every event "delivered" to the log (the seed's behaviour). None ("auto"): on
     # with the embedded Redis only. Never a fallback for endpoints a daemon does not know.
-    log_sink: bool | None = None
-    simulate_failure_rate: float = 0.0  # the log sink's simulated failure rate
-    allow_networks: tuple[str, ...] = ()  # CIDRs receivers may resolve to despite being private
-    endpoints: tuple[EndpointConfig, ...] = ()
+    log_sink: Annotated[bool | None, AutoBoolRule()] = None
+    # the log sink's simulated failure rate
+    simulate_failure_rate: Annotated[float, _RATE] = 0.0
+    # CIDRs receivers may resolve to despite being private
+    allow_networks: Annotated[tuple[str, ...], StrTupleRule(
+        "a list of IP networks such as ['10.0.0.0/8']", "an IP network such as '10.0.0.0/8'",
+        is_network)] = ()
+    endpoints: Annotated[tuple[EndpointConfig, ...], EndpointsRule(_build_endpoint)] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StoreConfig:
-    url: str = "memory://"  # memory:// (one daemon, gone on restart) or postgresql://…
-    secret_key: str = field(default="", repr=False)  # encrypts endpoint secrets at rest
-    memory_max_payments: int = 100_000  # memory://: finished payments kept (oldest evicted)
+    # memory:// (one daemon, gone on restart) or postgresql://…
+    url: Annotated[str, StrRule("memory:// or a postgresql:// or postgres:// URL",
+                                lambda url: url_scheme_ok(url, STORE_SCHEMES))] = "memory://"
+    # encrypts endpoint secrets at rest
+    secret_key: Annotated[str, _SECRET_KEY_RULE] = field(default="", repr=False)
+    # memory://: finished payments kept (oldest evicted)
+    memory_max_payments: Annotated[int, IntRule(100, 100_000_000)] = 100_000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LogConfig:
-    format: str = "auto"
-    level: str = "info"
+    format: Annotated[str, choice(LOG_FORMATS)] = "auto"
+    level: Annotated[str, choice(LOG_LEVELS)] = "info"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ShutdownConfig:
-    grace_seconds: float = 10.0
+    grace_seconds: Annotated[float, FloatRule(0.0, 3600.0)] = 10.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,22 +194,28 @@ class ApiKeyConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ApiConfig:
-    keys: tuple[ApiKeyConfig, ...] = ()  # none: the API is open (a warning off loopback)
-    require_idempotency_key: bool = False
-    idempotency_ttl_hours: float = 24.0
-    metrics_public: bool = True  # False: /metrics needs an API key too
+    # none: the API is open (a warning off loopback)
+    keys: Annotated[tuple[ApiKeyConfig, ...], ApiKeysRule(
+        lambda name, secret: ApiKeyConfig(name=name, secret=secret))] = ()
+    require_idempotency_key: Annotated[bool, BoolRule()] = False
+    idempotency_ttl_hours: Annotated[float, FloatRule(0.01, 720.0)] = 24.0
+    metrics_public: Annotated[bool, BoolRule()] = True  # False: /metrics needs an API key too
     # HMAC key of card fingerprints; empty: generated once and kept in the store.
-    card_fingerprint_key: str = field(default="", repr=False)
+    card_fingerprint_key: Annotated[str, StrRule(
+        "empty, or a key of at least 16 characters",
+        lambda key: key == "" or len(key) >= 16)] = field(default="", repr=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DaemonConfig:
-    id: str = ""  # empty: <hostname>-<pid>-<random>, new at every start
-    heartbeat_seconds: float = 2.0
-    heartbeat_ttl_seconds: float = 10.0
-    reap_interval_seconds: float = 5.0
+    # empty: <hostname>-<pid>-<random>, new at every start
+    id: Annotated[str, StrRule("empty, or 1 to 64 letters, digits, '.', '_' or '-'",
+                               is_daemon_id)] = ""
+    heartbeat_seconds: Annotated[float, FloatRule(0.1, 60.0)] = 2.0
+    heartbeat_ttl_seconds: Annotated[float, FloatRule(0.5, 600.0)] = 10.0
+    reap_interval_seconds: Annotated[float, FloatRule(0.1, 600.0)] = 5.0
     # "auto": uvloop when it is installed (the "fast" extra), else asyncio's own loop
-    event_loop: str = "auto"
+    event_loop: Annotated[str, choice(EVENT_LOOPS)] = "auto"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -189,88 +229,26 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
-# --- what each key allows -------------------------------------------------------------------
+def _rules_of(section: type[Any]) -> dict[str, Rule]:
+    """A section's keys and their rules, from its fields' ``Annotated`` types."""
+    rules = {}
+    # (globalns given: else the class's namespace would be the rules' globals)
+    for name, hint in get_type_hints(section, globalns=globals(), include_extras=True).items():
+        rule = next((a for a in get_args(hint)[1:] if isinstance(a, Rule)), None)
+        if get_origin(hint) is not Annotated or rule is None:
+            raise TypeError(f"{section.__name__}.{name} has no rule (Annotated[type, Rule])")
+        rules[name] = rule
+    return rules
 
-_QUEUE_NAME = StrRule("a non-empty name without '{', '}' or whitespace", is_queue_name)
-_RATE = FloatRule(0.0, 1.0)
 
-
-def _build_endpoint(url: str, secret: str | None, events: tuple[str, ...],
-                    description: str) -> EndpointConfig:
-    return EndpointConfig(url=url, secret=secret, enabled_events=events, description=description)
-
-
+# section -> (its dataclass, key -> rule): derived from the dataclasses above.
 _SCHEMA: Final[Mapping[str, tuple[type[Any], Mapping[str, Rule]]]] = {
-    "redis": (RedisConfig, {
-        "url": StrRule("'embedded' or a redis://, rediss:// or unix:// URL", is_redis_url),
-        "embedded_port": IntRule(1, 65535),
-    }),
-    "http": (HttpConfig, {
-        "host": StrRule("a host name or IP address without whitespace", is_token),
-        "port": IntRule(0, 65535),
-        "max_body_bytes": IntRule(1024, 16777216),
-        "header_timeout_seconds": FloatRule(0.1, 3600.0),
-        "body_timeout_seconds": FloatRule(0.1, 3600.0),
-        "keepalive_seconds": FloatRule(0.1, 3600.0),
-        "max_connections": IntRule(8, 1_000_000),
-    }),
-    "queue": (QueueConfig, {
-        "payments": _QUEUE_NAME,
-        "webhooks": _QUEUE_NAME,
-        "batch_size": IntRule(1, 1000),
-        "block_timeout_seconds": FloatRule(0.05, 30.0),
-        "promote_interval_seconds": FloatRule(0.05, 60.0),
-        "max_job_bytes": IntRule(64, 16777216),
-        "max_redeliveries": IntRule(1, 1000),
-        "requeue_pending_after_seconds": FloatRule(1.0, 86400.0),
-        "dead_max_entries": IntRule(10, 100_000_000),
-    }),
-    "workers": (WorkersConfig, {"payments": IntRule(1, 256), "webhooks": IntRule(1, 256)}),
-    "processor": (ProcessorConfig, {
-        "latency_ms": IntRule(0, 60000),
-        "failure_rate": _RATE,
-        "max_attempts": IntRule(1, 100),
-    }),
-    "webhooks": (WebhooksConfig, {
-        "timeout_seconds": FloatRule(0.1, 120.0),
-        "max_attempts": IntRule(1, 50),
-        "retry_schedule": FloatTupleRule(0.01, 604800.0, most=49),
-        "disable_after_hours": FloatRule(0.001, 8760.0),
-        "secret_rotation_grace_hours": FloatRule(0.0, 720.0),
-        "log_sink": AutoBoolRule(),
-        "simulate_failure_rate": _RATE,
-        "allow_networks": StrTupleRule("a list of IP networks such as ['10.0.0.0/8']",
-                                       "an IP network such as '10.0.0.0/8'", is_network),
-        "endpoints": EndpointsRule(_build_endpoint),
-    }),
-    "store": (StoreConfig, {
-        "url": StrRule("memory:// or a postgresql:// or postgres:// URL",
-                       lambda url: url_scheme_ok(url, STORE_SCHEMES)),
-        "secret_key": StrRule("empty, or a passphrase of at least 16 characters",
-                              lambda key: key == "" or len(key) >= 16),
-        "memory_max_payments": IntRule(100, 100_000_000),
-    }),
-    "log": (LogConfig, {"format": choice(LOG_FORMATS), "level": choice(LOG_LEVELS)}),
-    "shutdown": (ShutdownConfig, {"grace_seconds": FloatRule(0.0, 3600.0)}),
-    "api": (ApiConfig, {
-        "keys": ApiKeysRule(lambda name, secret: ApiKeyConfig(name=name, secret=secret)),
-        "require_idempotency_key": BoolRule(),
-        "idempotency_ttl_hours": FloatRule(0.01, 720.0),
-        "metrics_public": BoolRule(),
-        "card_fingerprint_key": StrRule("empty, or a key of at least 16 characters",
-                                        lambda key: key == "" or len(key) >= 16),
-    }),
-    "daemon": (DaemonConfig, {
-        "id": StrRule("empty, or 1 to 64 letters, digits, '.', '_' or '-'", is_daemon_id),
-        "heartbeat_seconds": FloatRule(0.1, 60.0),
-        "heartbeat_ttl_seconds": FloatRule(0.5, 600.0),
-        "reap_interval_seconds": FloatRule(0.1, 600.0),
-        "event_loop": choice(EVENT_LOOPS),
-    }),
+    f.name: (cls, _rules_of(cls))
+    for f in fields(Config) for cls in [get_type_hints(Config, globalns=globals())[f.name]]
 }
 
 _DEFAULT: Final = "the built-in default"
