@@ -12,8 +12,9 @@ from conftest import free_port
 from payflow import metrics
 from payflow.errors import InvalidJob
 from payflow.queue import keys
-from payflow.queue.consumer import Consumer, Outcome, PerJob
+from payflow.queue.consumer import Batch, Consumer, Outcome, PerJob
 from payflow.queue.redis import QueueClient
+from payflow.store.base import is_outage
 
 Q, W = "payflow_jobs", "webhook_jobs"
 
@@ -241,3 +242,72 @@ async def test_trimmed_dead_letters_are_counted_and_logged_once(fake_redis: Redi
     (line,) = [e for e in logs if e["event"] == "queue.dead_trimmed"]  # one line, not per entry
     assert line["log_level"] == "warning"
     assert line["queue"] == Q and line["trimmed"] == 2 and line["limit"] == 3
+
+
+async def test_a_store_outage_retries_the_batch_later_instead_of_dead_lettering_it(
+        fake_redis: Redis) -> None:
+    calls = 0
+
+    class Flaky:
+        async def batch(self, raws: list[bytes]) -> Batch:
+            nonlocal calls
+            calls += 1
+            raise ConnectionRefusedError("the store is down")
+
+    await fake_redis.lpush(Q, b"a", b"b")
+    client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
+    consumer = Consumer(client=client, handler=Flaky(), stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1, outage=is_outage)
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while await fake_redis.zcard(keys.delayed(Q)) < 2:
+            await asyncio.sleep(0.01)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    with capture_logs() as logs:
+        await run_until(consumer, done)
+    await watcher
+    assert calls == 1  # not split job by job: an outage is not a bad job
+    assert await fake_redis.llen(keys.dead(Q)) == 0
+    assert sorted(await fake_redis.zrange(keys.delayed(Q), 0, -1)) == [b"a", b"b"]
+    assert any(e["event"] == "queue.outage_retry" and e["jobs"] == 2 for e in logs)
+
+
+async def test_an_unexpected_error_dead_letters_only_the_job_that_raises(
+        fake_redis: Redis) -> None:
+    class Picky:
+        async def batch(self, raws: list[bytes]) -> Batch:
+            if b"bad" in raws:
+                raise ValueError("a bug")
+            return Batch([Outcome() for _ in raws])
+
+    await fake_redis.lpush(Q, b"a", b"bad", b"b")
+    client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
+    consumer = Consumer(client=client, handler=Picky(), stop=asyncio.Event(), batch_size=10,
+                        block_seconds=0.1, outage=is_outage)
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while await fake_redis.llen(keys.dead(Q)) < 1 or await fake_redis.llen(Q):
+            await asyncio.sleep(0.01)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    with capture_logs():
+        await run_until(consumer, done)
+    await watcher
+    [entry] = await fake_redis.lrange(keys.dead(Q), 0, -1)
+    assert json.loads(entry)["job"] == "bad"
+    assert await fake_redis.llen(client.processing) == 0  # a and b acked
+
+
+def test_what_counts_as_an_outage() -> None:
+    import asyncpg
+
+    assert is_outage(ConnectionResetError()) and is_outage(TimeoutError())
+    assert is_outage(asyncpg.exceptions.ConnectionDoesNotExistError("gone"))
+    assert is_outage(asyncpg.exceptions.CannotConnectNowError("starting up"))
+    assert not is_outage(asyncpg.exceptions.UniqueViolationError("duplicate"))
+    assert not is_outage(ValueError("a bug"))

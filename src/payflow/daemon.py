@@ -41,6 +41,7 @@ from payflow.queue.producer import Producer
 from payflow.queue.redis import QueueClient, Scripts
 from payflow.queue.scheduler import run_promoter
 from payflow.store import Store, open_store
+from payflow.store.base import is_outage
 from payflow.store.front import StoreFront
 from payflow.web import WebContext, create_app
 from payflow.web.idempotency import Idempotency
@@ -255,7 +256,7 @@ class Daemon:
                 self._queues.append(client)
                 consumers.append(Consumer(client=client, handler=handler, stop=self.stop,
                                           batch_size=cfg.queue.batch_size, block_seconds=block,
-                                          stream=each))
+                                          stream=each, outage=is_outage))
         promoter_redis = self._redis(url, single=True, timeout=5.0)
         liveness = Liveness(self._redis(url, single=True, timeout=5.0), daemon_id=self.id,
                             lists=[(q.queue, q.processing) for q in self._queues],

@@ -87,6 +87,7 @@ class Consumer:
         batch_size: int,
         block_seconds: float,
         stream: bool = False,
+        outage: Callable[[BaseException], bool] = lambda exc: False,
     ) -> None:
         self.client = client
         self.handler = handler
@@ -94,6 +95,10 @@ class Consumer:
         self.batch_size = batch_size
         self.block_seconds = block_seconds
         self.stream = stream
+        # Whether a handler's exception says that something it needs (the store) is away: its
+        # jobs are then retried later, through the delayed set, never dead-lettered.
+        self.outage = outage
+        self._outages = 0  # consecutive batches that met an outage
         self.log = log.bind(consumer=client.consumer_id, queue=client.queue)
         self._in_flight = metrics.IN_FLIGHT.labels(client.queue)
         self._seconds = metrics.JOB_SECONDS.labels(client.queue)
@@ -159,7 +164,8 @@ class Consumer:
                         outcome = DONE  # for now
                     outcomes.append(outcome)
                 if later:
-                    done = await asyncio.gather(*(self._timed(each) for _, each in later))
+                    done = await asyncio.gather(*(self._timed(raws[i], each)
+                                                  for i, each in later))
                     for (i, _), outcome in zip(later, done, strict=True):
                         outcomes[i] = outcome
                 self._observe(len(raws), time.perf_counter() - started)
@@ -175,8 +181,13 @@ class Consumer:
         """The handler's batch; when it fails as a whole, each job alone (isolating a job that
         breaks the batch: it alone is dead-lettered)."""
         try:
-            return await self.handler.batch(raws)
-        except Exception:
+            batch = await self.handler.batch(raws)
+            self._outages = 0
+            return batch
+        except Exception as exc:
+            if self.outage(exc):
+                delay = self._outage_delay(exc, len(raws))
+                return Batch([Outcome(delay=[(raw, delay)]) for raw in raws])
             if len(raws) == 1:
                 self.log.exception("Job failed unexpectedly: dead-lettered",
                                    job=describe(raws[0]))
@@ -238,7 +249,7 @@ class Consumer:
                 now_raws.append(raw)
                 now.append(outcome)
             else:
-                running[asyncio.ensure_future(self._timed(outcome))] = raw
+                running[asyncio.ensure_future(self._timed(raw, outcome))] = raw
         if now:
             self._observe(len(now), time.perf_counter() - started)
             self._in_flight.dec(len(now))
@@ -292,9 +303,9 @@ class Consumer:
         except Exception as exc:
             self.log.error("queue.after_failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def _timed(self, outcome: Awaitable[Outcome]) -> Outcome:
+    async def _timed(self, raw: bytes, outcome: Awaitable[Outcome]) -> Outcome:
         """An outcome still to come; a failure dead-letters the job (with the reason when it
-        is an :class:`InvalidJob`)."""
+        is an :class:`InvalidJob`), but for an outage, after which it is retried."""
         started = time.perf_counter()
         try:
             return await outcome
@@ -302,10 +313,20 @@ class Consumer:
             self.log.error("Job rejected: dead-lettered", reason=exc.reason)
             return Outcome(dead=exc.reason)
         except Exception as exc:
+            if self.outage(exc):
+                return Outcome(delay=[(raw, self._outage_delay(exc, 1))])
             self.log.exception("Job failed unexpectedly: dead-lettered")
             return Outcome(dead=f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._seconds.observe(time.perf_counter() - started)
+
+    def _outage_delay(self, exc: BaseException, jobs: int) -> float:
+        """When to retry jobs that met an outage (backing off while it lasts); logged."""
+        self._outages += 1
+        delay = full_jitter(self._outages, base=1.0, cap=60.0)
+        self.log.warning("queue.outage_retry", jobs=jobs, retry_in=round(delay, 3),
+                         error=f"{type(exc).__name__}: {exc}")
+        return delay
 
     def _observe(self, jobs: int, seconds: float) -> None:
         """Each of ``jobs`` handled together took ``seconds``."""

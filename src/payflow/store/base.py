@@ -85,6 +85,22 @@ class RefundDone:
     event: Event
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a store (or the network to it) is away, rather than that a
+    job or its data is wrong: a job that met it is retried later, never dead-lettered. OS and
+    timeout errors; from asyncpg, connection errors (SQLSTATE classes 08, 53 insufficient
+    resources, 57 operator intervention) and the client's lost-connection errors."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    kind = type(exc)
+    if not kind.__module__.startswith("asyncpg"):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return state[:2] in ("08", "53", "57")
+    return "Connection" in kind.__name__
+
+
 class Store(Protocol):
     """Async persistence of everything PayFlow knows. ``kind`` names the backend for people
     (``memory``, ``postgresql``); ``shared`` says whether several daemons may use it at once."""
