@@ -22,8 +22,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-JOBS = Counter("payflow_jobs", "Jobs handled, by queue and outcome "
-               "(done, retried, dead, forwarded).", ["queue", "outcome"], registry=REGISTRY)
+JOBS = Counter("payflow_jobs", "Jobs handled, by queue and outcome (done, retried, dead; a "
+               "job passed on to the other queue is done).", ["queue", "outcome"],
+               registry=REGISTRY)
 IN_FLIGHT = Gauge("payflow_jobs_in_flight", "Jobs being handled now, by queue.", ["queue"],
                   registry=REGISTRY)
 JOB_SECONDS = Histogram("payflow_job_seconds", "Time to handle one job, by queue.", ["queue"],
