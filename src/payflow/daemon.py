@@ -34,7 +34,7 @@ from payflow.handlers import PaymentHandler
 from payflow.operations import Operations
 from payflow.payments import PaymentService
 from payflow.processor import SimulatedProcessor, use_fingerprint_key
-from payflow.queue.backoff import full_jitter
+from payflow.queue.backoff import Backoff
 from payflow.queue.consumer import Consumer, wait_or_stop
 from payflow.queue.liveness import Liveness
 from payflow.queue.producer import Producer
@@ -331,7 +331,7 @@ class Daemon:
     async def _register(self, liveness: Liveness) -> bool:
         """Recover this id's leftovers and register, waiting for Redis if it is away (the HTTP
         API already answers, /readyz with 503). False if told to stop first."""
-        failures = 0
+        backoff = Backoff("daemon.redis_unavailable", base=0.2, level="error", logger=log)
         while not self.stop.is_set():
             try:
                 await liveness.start(wait_for_namesake=bool(self.config.daemon.id))

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from payflow import metrics
 from payflow.errors import InvalidJob
 from payflow.jobs import describe
-from payflow.queue.backoff import full_jitter
+from payflow.queue.backoff import Backoff
 from payflow.queue.redis import QueueClient, Settlement
 
 log = structlog.get_logger("payflow.queue")
@@ -98,15 +98,16 @@ class Consumer:
         # Whether a handler's exception says that something it needs (the store) is away: its
         # jobs are then retried later, through the delayed set, never dead-lettered.
         self.outage = outage
-        self._outages = 0  # consecutive batches that met an outage
         self.log = log.bind(consumer=client.consumer_id, queue=client.queue)
+        self._outages = Backoff("queue.outage_retry", base=1.0, cap=60.0, logger=self.log)
         self._in_flight = metrics.IN_FLIGHT.labels(client.queue)
         self._seconds = metrics.JOB_SECONDS.labels(client.queue)
         self._counted = {kind: metrics.JOBS.labels(client.queue, kind)
                          for kind in ("done", "retried", "dead")}
         self._dead_trimmed = metrics.DEAD_TRIMMED.labels(client.queue)
         self._reconnects = metrics.REDIS_RECONNECTS.labels(client.queue)
-        self._failures = 0  # consecutive failed fetches
+        self._fetching = Backoff("queue.fetch_failed", logger=self.log)
+        self._settling = Backoff("queue.settle_failed", logger=self.log)
         self._orphans = False  # a failed fetch may have moved jobs we never saw
         self._resume_at = 0.0  # loop time before which a streaming consumer does not fetch
 
@@ -131,20 +132,16 @@ class Consumer:
                 self._orphans = False
             raws = await self.client.fetch(room, self.block_seconds if idle else 0)
         except (RedisError, OSError) as exc:
-            self._failures += 1
             self._orphans = True
-            delay = full_jitter(self._failures, base=0.1, cap=5.0)
-            self.log.warning("queue.fetch_failed", error=f"{type(exc).__name__}: {exc}",
-                             retry_in=round(delay, 3))
+            delay = self._fetching.failed(exc)
             if idle:
                 await wait_or_stop(self.stop, delay)
             else:
                 self._resume_at = loop.time() + delay
             return None
-        if self._failures:
-            self.log.info("queue.reconnected", after_failures=self._failures)
+        if failures := self._fetching.succeeded():
+            self.log.info("queue.reconnected", after_failures=failures)
             self._reconnects.inc()
-            self._failures = 0
         return raws
 
     async def _batches(self) -> None:
@@ -182,7 +179,7 @@ class Consumer:
         breaks the batch: it alone is dead-lettered)."""
         try:
             batch = await self.handler.batch(raws)
-            self._outages = 0
+            self._outages.succeeded()
             return batch
         except Exception as exc:
             if self.outage(exc):
@@ -322,11 +319,7 @@ class Consumer:
 
     def _outage_delay(self, exc: BaseException, jobs: int) -> float:
         """When to retry jobs that met an outage (backing off while it lasts); logged."""
-        self._outages += 1
-        delay = full_jitter(self._outages, base=1.0, cap=60.0)
-        self.log.warning("queue.outage_retry", jobs=jobs, retry_in=round(delay, 3),
-                         error=f"{type(exc).__name__}: {exc}")
-        return delay
+        return self._outages.failed(exc, jobs=jobs)
 
     def _observe(self, jobs: int, seconds: float) -> None:
         """Each of ``jobs`` handled together took ``seconds``."""
@@ -337,17 +330,13 @@ class Consumer:
         """Record a batch's outcome, retrying while Redis is away. The script is safe to run
         again: an ack of a job already removed is a no-op, and a job pushed twice carries the
         same event id, which receivers deduplicate on."""
-        attempt = 0
         while True:
             try:
                 trimmed = await self.client.settle(settlement)
+                self._settling.succeeded()
                 break
             except (RedisError, OSError) as exc:
-                attempt += 1
-                delay = full_jitter(attempt, base=0.1, cap=5.0)
-                self.log.warning("queue.settle_failed", error=f"{type(exc).__name__}: {exc}",
-                             retry_in=round(delay, 3))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._settling.failed(exc))
         if trimmed:
             self._dead_trimmed.inc(trimmed)
             self.log.warning("queue.dead_trimmed", trimmed=trimmed,

@@ -31,7 +31,7 @@ from payflow import metrics
 from payflow.errors import ConfigError, StartupError
 from payflow.models import now_iso
 from payflow.queue import keys
-from payflow.queue.backoff import full_jitter
+from payflow.queue.backoff import Backoff
 from payflow.queue.consumer import wait_or_stop
 from payflow.queue.redis import Scripts, check_dead_max_entries, dead_entry
 
@@ -176,17 +176,14 @@ class Liveness:
     async def run_heartbeat(self) -> None:
         """Beat until :attr:`done`: through the shutdown grace period too, so that no reaper
         takes the jobs this daemon is still finishing."""
-        failures = 0
+        backoff = Backoff("daemon.heartbeat_failed", cap=min(2.0, self.heartbeat_seconds))
         while not self.done.is_set():
             try:
                 await self.beat()
-                failures = 0
+                backoff.succeeded()
                 await wait_or_stop(self.done, self.heartbeat_seconds)
             except (RedisError, OSError) as exc:
-                failures += 1
-                log.warning("daemon.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
-                await wait_or_stop(self.done, min(self.heartbeat_seconds,
-                                                  full_jitter(failures, base=0.1, cap=2.0)))
+                await wait_or_stop(self.done, backoff.failed(exc))
 
     async def run_reaper(self) -> None:
         while not self.stop.is_set():

@@ -13,7 +13,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from payflow.queue.backoff import full_jitter
+from payflow.queue.backoff import Backoff
 from payflow.queue.consumer import wait_or_stop
 from payflow.queue.redis import Scripts, promote_due
 
@@ -25,7 +25,7 @@ BATCH = 1000
 async def run_promoter(redis: Redis, queues: Sequence[str], *, interval: float,
                        stop: asyncio.Event) -> None:
     scripts = Scripts(redis)
-    failures = 0
+    backoff = Backoff("queue.promote_failed")
     while not stop.is_set():
         try:
             busy = False
@@ -34,13 +34,9 @@ async def run_promoter(redis: Redis, queues: Sequence[str], *, interval: float,
                 if moved:
                     log.debug("queue.promoted", queue=queue, jobs=moved)
                 busy = busy or moved == BATCH
-            failures = 0
+            backoff.succeeded()
         except (RedisError, OSError) as exc:
-            failures += 1
-            delay = full_jitter(failures, base=0.1, cap=5.0)
-            log.warning("queue.promote_failed", error=f"{type(exc).__name__}: {exc}",
-                             retry_in=round(delay, 3))
-            await wait_or_stop(stop, delay)
+            await wait_or_stop(stop, backoff.failed(exc))
             continue
         if not busy:
             await wait_or_stop(stop, interval)
