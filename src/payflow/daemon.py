@@ -337,11 +337,7 @@ class Daemon:
                 await liveness.start(wait_for_namesake=bool(self.config.daemon.id))
                 return True
             except (RedisError, OSError) as exc:
-                failures += 1
-                delay = full_jitter(failures, base=0.2, cap=5.0)
-                log.error("daemon.redis_unavailable", error=f"{type(exc).__name__}: {exc}",
-                          retry_in=round(delay, 3))
-                await wait_or_stop(self.stop, delay)
+                await wait_or_stop(self.stop, backoff.failed(exc))
         return False
 
     async def _requeue_leftovers(self, url: str) -> None:
