@@ -321,3 +321,22 @@ def test_second_sigint_exits_at_once_and_loses_nothing(
     queued = [j.decode() for j in cast(list[bytes], r.lrange("payflow_jobs", 0, -1))]
     assert held and sorted(held + queued) == sorted(jobs)  # unacked jobs stay in Redis
     r.close()
+
+
+def test_a_stalled_redis_cannot_keep_a_stopping_daemon_up(
+        make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
+    # Redis frozen (SIGSTOP) while the daemon stops: after the grace period, cleanup gets
+    # [shutdown] cleanup_seconds, then the process exits anyway, saying so in its last line.
+    d = make_daemon(redis_server.url, PAYFLOW_SHUTDOWN_GRACE_SECONDS="0.5",
+                    PAYFLOW_SHUTDOWN_CLEANUP_SECONDS="1.5")
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        code = d.stop(signal.SIGTERM)
+        took = time.monotonic() - started
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert code == 1
+    assert took < 8, took  # 0.5 + 1.5 s, and the process's own start-up of the exit
+    assert "daemon.shutdown_deadline" in d.lines()[-1]

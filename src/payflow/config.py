@@ -184,6 +184,8 @@ class LogConfig:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ShutdownConfig:
     grace_seconds: Annotated[float, FloatRule(0.0, 3600.0)] = 10.0
+    # after the grace period, cleanup gets this long before the process exits anyway
+    cleanup_seconds: Annotated[float, FloatRule(0.1, 3600.0)] = 15.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

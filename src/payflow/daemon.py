@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
@@ -68,6 +69,23 @@ def new_daemon_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def hard_deadline(seconds: float, code: int = 1) -> threading.Timer:
+    """Exit the process in ``seconds`` whatever it is doing (a thread of its own: a blocked
+    event loop cannot hold it back), writing out the buffered log lines first."""
+
+    def expire() -> None:
+        log.error("daemon.shutdown_deadline", seconds=seconds,
+                  detail="cleanup did not finish in time: exiting now; unacknowledged jobs "
+                         "stay in their processing lists for the reaper")
+        logs.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 async def supervise(name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
     """Run a long-lived loop; if it ever raises, log the traceback and start it again."""
     while not stop.is_set():
@@ -87,6 +105,7 @@ class Daemon:
         self._embedded: EmbeddedRedis | None = None
         self._clients: list[Redis] = []
         self._queues: list[QueueClient] = []
+        self._deadline: threading.Timer | None = None
 
     def request_stop(self, signame: str) -> None:
         if self.stop.is_set():
@@ -99,6 +118,10 @@ class Daemon:
             return
         log.info("daemon.stopping", signal=signame)
         self.stop.set()
+        # after the grace period, cleanup (requeueing what is left, closing connections) gets
+        # [shutdown] cleanup_seconds: a stalled Redis or store must not keep the process up
+        shutdown = self.config.shutdown
+        self._deadline = hard_deadline(shutdown.grace_seconds + shutdown.cleanup_seconds)
 
     def _redis(self, url: str, *, single: bool, timeout: float, retries: int = 1,
                blocking_pool: int | None = None) -> Redis:
@@ -144,6 +167,8 @@ class Daemon:
         finally:
             if self._embedded is not None:
                 self._embedded.stop()
+            if self._deadline is not None:  # cleaned up in time
+                self._deadline.cancel()
         log.info("daemon.stopped", daemon_id=self.id)
         return 0
 
