@@ -60,7 +60,7 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from payflow import gctune, logs
+    from payflow import gctune, logs, tracing
     from payflow.config import load_config
     from payflow.daemon import run
 
@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"payflow: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log.format, config.log.level)
+    tracing.setup()  # on with $OTEL_EXPORTER_OTLP_ENDPOINT and payflow[otel] installed
     gctune.tune()
     try:
         loop_factory = event_loop_factory(config.daemon.event_loop)

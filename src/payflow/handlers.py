@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 
 import structlog
 
+from payflow import tracing
 from payflow.errors import InvalidJob, RetryLater
 from payflow.jobs import PaymentJob, RefundJob, WebhookJob, describe, new_job_id, parse_job
 from payflow.models import Event
@@ -50,10 +51,21 @@ class PaymentHandler:
                 payments.append((i, job))
         if not payments:
             return Batch(outcomes)
-        results = await self.service.process_many([job for _, job in payments])
+        spans = _start_spans(payments) if tracing.ON else None
+        try:
+            results = await self.service.process_many([job for _, job in payments])
+        except BaseException as exc:
+            if spans is not None:
+                tracing.fail(spans, exc)
+            raise
         enqueued: list[str] = []
-        for (i, job), result in zip(payments, results, strict=True):
-            outcomes[i] = self._outcome(job, result, enqueued)
+        if spans is None:
+            for (i, job), result in zip(payments, results, strict=True):
+                outcomes[i] = self._outcome(job, result, enqueued)
+        else:  # each webhook job carries the context of its payment's span
+            for (i, job), result, span in zip(payments, results, spans, strict=True):
+                outcomes[i] = self._outcome(job, result, enqueued, tracing.traceparent(span))
+                _end_span(span, result)
         store = self.service.store.store
 
         async def mark_enqueued() -> None:  # the outbox: these events need no sweeping
@@ -76,7 +88,7 @@ class PaymentHandler:
         return job
 
     def _outcome(self, job: PaymentJob | RefundJob, result: Processed,
-                 enqueued: list[str]) -> Outcome:
+                 enqueued: list[str], traceparent: str | None = None) -> Outcome:
         if isinstance(result, InvalidJob):
             log.error("Job rejected: dead-lettered", reason=result.reason,
                       payment_id=job.payment_id)
@@ -96,7 +108,7 @@ class PaymentHandler:
         log.info(f"Webhook job queued: {result.legacy_text}", event_id=result.id,
                  payment_id=job.payment_id)
         enqueued.append(result.id)
-        return Outcome(push=[_webhook_job(result)])
+        return Outcome(push=[_webhook_job(result, traceparent)])
 
     async def _refund(self, job: RefundJob) -> Outcome:
         try:
@@ -115,5 +127,24 @@ class PaymentHandler:
         return dataclasses.replace(outcome, after=mark_enqueued)
 
 
-def _webhook_job(event: Event) -> bytes:
-    return WebhookJob.for_event(event).encode()
+def _webhook_job(event: Event, traceparent: str | None = None) -> bytes:
+    return WebhookJob.for_event(event, traceparent=traceparent).encode()
+
+
+def _start_spans(payments: list[tuple[int, PaymentJob]]) -> list[tracing.Span]:
+    """A ``payment.process`` span per job, the child of the context its job carries."""
+    return [tracing.start("payment.process", job.traceparent,
+                          {"payflow.payment.id": job.payment_id,
+                           "payflow.job.attempt": job.attempt + 1})
+            for _, job in payments]
+
+
+def _end_span(span: tracing.Span, result: Processed) -> None:
+    if isinstance(result, InvalidJob):
+        tracing.end(span, outcome="dead", error=result.reason)
+    elif isinstance(result, RetryLater):
+        tracing.end(span, outcome="retry", error=result.reason)
+    elif result is None:
+        tracing.end(span, outcome="nothing_to_do")
+    else:
+        tracing.end(span, outcome="event", event_id=result.id, event_type=result.type)

@@ -16,6 +16,7 @@ from typing import Final
 import structlog
 from redis.exceptions import RedisError
 
+from payflow import tracing
 from payflow.errors import (
     Conflict,
     KeyInFlight,
@@ -98,8 +99,10 @@ class Payments:
         else:
             stored = await self.front.create_payment(payment)
         # The job names the payment and nothing else: a job for a payment that is gone is
-        # dead-lettered, never turned into a new payment.
-        raw = PaymentJob(payment_id=payment.id).encode()
+        # dead-lettered, never turned into a new payment. With tracing on it carries the
+        # request's trace context.
+        tp = tracing.current_traceparent() if tracing.ON else None
+        raw = PaymentJob(payment_id=payment.id, traceparent=tp).encode()
         try:
             await self.push_payment(raw)
         except Uncertain as exc:

@@ -16,6 +16,10 @@ authority::
     {"v": 1, "kind": "webhook", "jid": "job_…", "attempt": 0, "event_id": "evt_…",
      "endpoint": "<endpoint id>"}            # endpoint: set on a retry aimed at one endpoint
 
+Any envelope may carry ``"tp"``, the W3C ``traceparent`` of the span that queued it (only when
+tracing is on, :mod:`payflow.tracing`). It is only a label: one that is not a valid traceparent
+is ignored, never a reason to dead-letter the job.
+
 A webhook envelope may give ``"type"`` and ``"payment_id"`` instead of ``"event_id"``, as the
 legacy text does; the event is then derived from the store. Keys of earlier versions (payment,
 refund and event snapshots) are ignored but for the event's id. Anything else raises
@@ -37,6 +41,7 @@ _ID = r"[A-Za-z0-9_\-]{1,128}"
 _LEGACY_PAYMENT = re.compile(rf"process_payment:(?P<id>{_ID}):(?P<method>[A-Za-z_]+)")
 _LEGACY_WEBHOOK = re.compile(rf"webhook:(?P<type>[a-z_]+\.[a-z_]+):(?P<id>{_ID})")
 _ID_RE = re.compile(_ID)
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def new_job_id() -> str:
@@ -49,6 +54,7 @@ class PaymentJob:
     method: str | None = None  # creates the payment when it is unknown (legacy jobs)
     attempt: int = 0
     jid: str = ""
+    traceparent: str | None = None  # the trace it belongs to ("tp"), when tracing is on
 
     @property
     def legacy_text(self) -> str:
@@ -59,6 +65,8 @@ class PaymentJob:
                                 "attempt": self.attempt, "payment_id": self.payment_id}
         if self.method:
             body["method"] = self.method
+        if self.traceparent is not None:
+            body["tp"] = self.traceparent
         return _dumps(body)
 
 
@@ -73,12 +81,13 @@ class WebhookJob:
     endpoint: str | None = None
     attempt: int = 0
     jid: str = ""
+    traceparent: str | None = None
 
     @classmethod
     def for_event(cls, event: Event, *, endpoint: str | None = None, attempt: int = 0,
-                  jid: str = "") -> WebhookJob:
+                  jid: str = "", traceparent: str | None = None) -> WebhookJob:
         return cls(event_id=event.id, event_type=event.type, subject_id=event.subject_id,
-                   endpoint=endpoint, attempt=attempt, jid=jid)
+                   endpoint=endpoint, attempt=attempt, jid=jid, traceparent=traceparent)
 
     @property
     def legacy_text(self) -> str:
@@ -97,6 +106,8 @@ class WebhookJob:
             body["payment_id"] = self.subject_id
         if self.endpoint is not None:
             body["endpoint"] = self.endpoint
+        if self.traceparent is not None:
+            body["tp"] = self.traceparent
         return _dumps(body)
 
 
@@ -106,6 +117,7 @@ class RefundJob:
     payment_id: str
     attempt: int = 0
     jid: str = ""
+    traceparent: str | None = None
 
     @property
     def legacy_text(self) -> str:
@@ -115,6 +127,8 @@ class RefundJob:
         body: dict[str, Any] = {"v": 1, "kind": "refund", "jid": self.jid or new_job_id(),
                                 "attempt": self.attempt, "refund_id": self.refund_id,
                                 "payment_id": self.payment_id}
+        if self.traceparent is not None:
+            body["tp"] = self.traceparent
         return _dumps(body)
 
 
@@ -184,30 +198,37 @@ def _parse_envelope(text: str) -> Job:
         raise InvalidJob(f"invalid attempt {attempt!r}")
     if not isinstance(jid, str):
         raise InvalidJob(f"invalid jid {jid!r}")
+    tp = body.get("tp")
+    if tp is not None and not (isinstance(tp, str) and _TRACEPARENT.fullmatch(tp)):
+        tp = None  # only a label: an invalid one is dropped, the job is processed
     kind = body.get("kind")
     if kind == "payment":
-        return _payment_envelope(body, attempt, jid)
+        return _payment_envelope(body, attempt, jid, tp)
     if kind == "webhook":
-        return _webhook_envelope(body, attempt, jid)
+        return _webhook_envelope(body, attempt, jid, tp)
     if kind == "refund":
-        return _refund_envelope(body, attempt, jid)
+        return _refund_envelope(body, attempt, jid, tp)
     raise InvalidJob(f"unknown job kind {kind!r} (expected 'payment', 'refund' or 'webhook')")
 
 
-def _refund_envelope(body: dict[str, Any], attempt: int, jid: str) -> RefundJob:
+def _refund_envelope(body: dict[str, Any], attempt: int, jid: str, tp: str | None) -> RefundJob:
     return RefundJob(refund_id=_payment_id(body.get("refund_id")),
-                     payment_id=_payment_id(body.get("payment_id")), attempt=attempt, jid=jid)
+                     payment_id=_payment_id(body.get("payment_id")), attempt=attempt, jid=jid,
+                     traceparent=tp)
 
 
-def _payment_envelope(body: dict[str, Any], attempt: int, jid: str) -> PaymentJob:
+def _payment_envelope(body: dict[str, Any], attempt: int, jid: str,
+                      tp: str | None) -> PaymentJob:
     payment_id = _payment_id(body.get("payment_id"))
     method = body.get("method")
     if method is not None and method not in METHODS:
         raise InvalidJob(f"unknown payment method {method!r} (allowed: {', '.join(METHODS)})")
-    return PaymentJob(payment_id=payment_id, method=method, attempt=attempt, jid=jid)
+    return PaymentJob(payment_id=payment_id, method=method, attempt=attempt, jid=jid,
+                      traceparent=tp)
 
 
-def _webhook_envelope(body: dict[str, Any], attempt: int, jid: str) -> WebhookJob:
+def _webhook_envelope(body: dict[str, Any], attempt: int, jid: str,
+                      tp: str | None) -> WebhookJob:
     """Only ids are taken from a job: the event itself always comes from the store."""
     endpoint = body.get("endpoint")
     if endpoint is not None and (not isinstance(endpoint, str) or not _ID_RE.fullmatch(endpoint)):
@@ -224,7 +245,7 @@ def _webhook_envelope(body: dict[str, Any], attempt: int, jid: str) -> WebhookJo
                     and isinstance(subject, str) and _ID_RE.fullmatch(subject) is not None)
         return WebhookJob(event_id=event_id, event_type=label if labelled else None,
                           subject_id=subject if labelled else None, endpoint=endpoint,
-                          attempt=attempt, jid=jid)
+                          attempt=attempt, jid=jid, traceparent=tp)
     return WebhookJob(event_type=_event_type(body.get("type")),
                       subject_id=_payment_id(body.get("payment_id")),
-                      endpoint=endpoint, attempt=attempt, jid=jid)
+                      endpoint=endpoint, attempt=attempt, jid=jid, traceparent=tp)

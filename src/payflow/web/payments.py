@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
+from payflow import tracing
 from payflow.errors import ValidationError
 from payflow.models import PaymentStatus
 from payflow.validation import validate_payment_request
@@ -23,7 +25,8 @@ PAYMENTS_PATH: Final = "/v1/payments"
 
 def add_routes(app: web.Application, ctx: WebContext) -> None:
     handlers = _PaymentHandlers(ctx)
-    app.router.add_post(PAYMENTS_PATH, handlers.create)
+    app.router.add_post(PAYMENTS_PATH,
+                        _traced(handlers.create) if tracing.ON else handlers.create)
     app.router.add_get(PAYMENTS_PATH, handlers.list)
     app.router.add_get(PAYMENTS_PATH + "/{payment_id}", handlers.retrieve)
     app.router.add_post(PAYMENTS_PATH + "/{payment_id}/cancel", handlers.cancel)
@@ -70,3 +73,19 @@ class _PaymentHandlers:
     async def retrieve(self, request: web.Request) -> web.Response:
         payment = await self._payments.get(request.match_info["payment_id"])
         return problems.json_response(payment.to_dict())
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _traced(handler: Handler) -> Handler:
+    """``handler`` in a server span (with tracing on when the app is built), the child of the
+    request's ``traceparent``; the payment's job carries the span's context on."""
+    async def traced(request: web.Request) -> web.Response:
+        with tracing.server_span(f"POST {PAYMENTS_PATH}", request.headers, {
+                "http.request.method": "POST", "http.route": PAYMENTS_PATH}) as span:
+            response = await handler(request)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    return traced

@@ -100,7 +100,10 @@ class HttpDelivery:
         if (refused := self._checked[url]) is not None:  # a fresh one: no traceback piling up
             raise SSRFRefused(refused.host, refused.address, refused.reason)
 
-    async def deliver(self, endpoint: WebhookEndpoint, event: Event) -> Attempt:
+    async def deliver(self, endpoint: WebhookEndpoint, event: Event, *,
+                      traceparent: str | None = None) -> Attempt:
+        """POST ``event`` to ``endpoint``; ``traceparent``: the W3C header naming the attempt's
+        span (when tracing is on)."""
         body = encode_event(event)
         timestamp = int(time.time())
         headers = {
@@ -111,6 +114,8 @@ class HttpDelivery:
         }
         if secrets := endpoint.active_secrets():
             headers["webhook-signature"] = signature_header(secrets, event.id, timestamp, body)
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         started = time.perf_counter()
         try:
             self._check(endpoint.url)

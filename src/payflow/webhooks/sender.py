@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from payflow import metrics
+from payflow import metrics, tracing
 from payflow.errors import InvalidJob
 from payflow.jobs import WebhookJob, describe, parse_job
 from payflow.models import (
@@ -126,6 +126,8 @@ class WebhookHandler:
                  endpoints=[SINK])
         log.info(f"Webhook delivered: {text}", event_id=event.id, endpoint=SINK, status=None,
                  latency_ms=0.0)
+        if tracing.ON:
+            tracing.end(_start_span(job, event, None), outcome="succeeded")
         attempts.append(DeliveryAttempt(
             id=new_local_id("att_"), event_id=event.id, endpoint_id=SINK, attempt=attempt_no,
             outcome="succeeded", at=now_iso()))
@@ -152,13 +154,30 @@ class WebhookHandler:
                          detail="the event is recorded; an endpoint created later can "
                                 "recover it")
             return DONE
+        spans: list[tracing.Span | None] = [None] * len(targets)
+        if tracing.ON:
+            spans = [_start_span(job, event, ep) for ep in targets]
+        try:
+            return await self._attempts(job, event, targets, spans)
+        except BaseException as exc:
+            if tracing.ON:
+                tracing.fail(spans, exc)
+            raise
+
+    async def _attempts(self, job: WebhookJob, event: Event,
+                        targets: list[WebhookEndpoint | None],
+                        spans: list[tracing.Span | None]) -> Outcome:
+        """Deliver to ``targets`` at once; record each attempt and decide what follows it."""
+        attempt_no = job.attempt + 1
+        text = event.legacy_text
         if len(targets) == 1:  # the common case: no task to create
-            attempts = [await self._deliver(targets[0], event)]
+            attempts = [await self._deliver(targets[0], event, spans[0])]
         else:
-            attempts = await asyncio.gather(*(self._deliver(ep, event) for ep in targets))
+            attempts = await asyncio.gather(*(self._deliver(ep, event, span)
+                                              for ep, span in zip(targets, spans, strict=True)))
         delay: list[tuple[bytes, float]] = []
         dead: list[tuple[bytes, str]] = []
-        for endpoint, attempt in zip(targets, attempts, strict=True):
+        for endpoint, attempt, span in zip(targets, attempts, spans, strict=True):
             ep_id = endpoint.id if endpoint else SINK
             if attempt.ok:
                 log.info(f"Webhook delivered: {text}", event_id=event.id, endpoint=ep_id,
@@ -166,10 +185,14 @@ class WebhookHandler:
                 await self._record(event, ep_id, attempt_no, "succeeded", attempt)
                 if endpoint is not None and endpoint.failing_since is not None:
                     await eps.record_success(self.store, ep_id)
+                if span is not None:
+                    tracing.end(span, outcome="succeeded", http_status=attempt.status)
                 continue
             verdict = await self._failed(job, event, endpoint, attempt)
+            if span is not None:
+                _end_failed_span(span, attempt, verdict)
             retry = WebhookJob.for_event(event, endpoint=ep_id, attempt=attempt_no,
-                                         jid=job.jid).encode()
+                                         jid=job.jid, traceparent=job.traceparent).encode()
             if isinstance(verdict, Dead):
                 dead.append((retry, verdict.reason))
             elif verdict is not None:
@@ -252,13 +275,15 @@ class WebhookHandler:
             targets.append(None)
         return targets, [ep for ep in subscribed if ep.disabled]
 
-    async def _deliver(self, endpoint: WebhookEndpoint | None, event: Event) -> Attempt:
+    async def _deliver(self, endpoint: WebhookEndpoint | None, event: Event,
+                       span: tracing.Span | None = None) -> Attempt:
         if endpoint is None:
             assert self.sink is not None
             return await self.sink.deliver(event)
         if self.http is None:
             return Attempt(ok=False, error="HTTP delivery is not available here")
-        return await self.http.deliver(endpoint, event)
+        traceparent = tracing.traceparent(span) if span is not None else None
+        return await self.http.deliver(endpoint, event, traceparent=traceparent)
 
     async def _event(self, job: WebhookJob) -> Event:
         """The job's event, from the store: a job names an event, it never supplies one."""
@@ -291,6 +316,25 @@ class WebhookHandler:
                              "have it in that state")
         await self.store.add_event(event)
         return event
+
+
+def _start_span(job: WebhookJob, event: Event, endpoint: WebhookEndpoint | None
+                ) -> tracing.Span:
+    """A ``webhook.deliver`` span for one attempt, the child of the context its job carries
+    (that of the ``payment.process`` span that queued it)."""
+    return tracing.start("webhook.deliver", job.traceparent, {
+        "payflow.event.id": event.id, "payflow.event.type": event.type,
+        "payflow.endpoint.id": endpoint.id if endpoint else SINK,
+        "payflow.webhook.attempt": job.attempt + 1}, kind="client")
+
+
+def _end_failed_span(span: tracing.Span, attempt: Attempt, verdict: float | Dead | None
+                     ) -> None:
+    if isinstance(verdict, Dead):
+        outcome = "refused" if attempt.refused else "dead"
+    else:
+        outcome = "disabled" if verdict is None else "retrying"
+    tracing.end(span, outcome=outcome, http_status=attempt.status, error=attempt.reason)
 
 
 def _count(attempts: list[DeliveryAttempt], *, ok: bool = True) -> None:
