@@ -193,10 +193,10 @@ class WebhookHandler:
                 _end_failed_span(span, attempt, verdict)
             retry = WebhookJob.for_event(event, endpoint=ep_id, attempt=attempt_no,
                                          jid=job.jid, traceparent=job.traceparent).encode()
-            if isinstance(verdict, Dead):
+            if verdict.outcome == "retrying":
+                delay.append((retry, verdict.retry_in))
+            elif verdict.dead:
                 dead.append((retry, verdict.reason))
-            elif verdict is not None:
-                delay.append((retry, verdict))
         if len(dead) == 1 and not delay and job.endpoint is not None:
             return Outcome(dead=dead[0][1])  # this job was aimed at that endpoint alone
         if not delay and not dead:
@@ -204,9 +204,8 @@ class WebhookHandler:
         return Outcome(delay=delay, dead_jobs=dead)
 
     async def _failed(self, job: WebhookJob, event: Event, endpoint: WebhookEndpoint | None,
-                      attempt: Attempt) -> float | Dead | None:
-        """Decide what a failed attempt leads to: a retry in so many seconds, death, or
-        nothing (the endpoint is disabled; ``recover`` replays it)."""
+                      attempt: Attempt) -> Verdict:
+        """Decide what a failed attempt leads to (and record it)."""
         ep_id = endpoint.id if endpoint else SINK
         attempt_no = job.attempt + 1
         text = event.legacy_text
@@ -214,31 +213,32 @@ class WebhookHandler:
             log.error(f"Webhook refused: {text}", event_id=event.id, endpoint=ep_id,
                       reason=attempt.reason)
             await self._record(event, ep_id, attempt_no, "refused", attempt)
-            return Dead(f"refused: {attempt.reason}")
+            return Verdict("refused", reason=f"refused: {attempt.reason}")
         if endpoint is not None and attempt.gone:
             await self._record(event, ep_id, attempt_no, "disabled", attempt)
             await eps.disable(self.store.store, endpoint, "the endpoint answered 410 Gone",
                               cause="gone")
-            return None
+            return DISABLED
         disabled = None
         if endpoint is not None:
             disabled = await eps.record_failure(self.store, ep_id,
                                                 disable_after=self.disable_after)
         if disabled is not None:
             await self._record(event, ep_id, attempt_no, "disabled", attempt)
-            return None
+            return DISABLED
         if attempt_no >= self.policy.max_attempts:
             log.error(f"Webhook failed permanently: {text}", event_id=event.id, endpoint=ep_id,
                       attempts=attempt_no, reason=attempt.reason)
             await self._record(event, ep_id, attempt_no, "dead", attempt)
-            return Dead(f"gave up after {attempt_no} attempts: {attempt.reason}")
+            return Verdict("dead", reason=f"gave up after {attempt_no} attempts: "
+                                          f"{attempt.reason}")
         seconds = (self.policy.retry_after(attempt.retry_after)
                    if attempt.retry_after is not None else self.policy.delay(attempt_no))
         log.warning(f"Webhook delivery failed: {text}", event_id=event.id, endpoint=ep_id,
                     attempt=attempt_no, reason=attempt.reason, retry_in=round(seconds, 3))
         next_at = iso(datetime.now(UTC) + timedelta(seconds=seconds))
         await self._record(event, ep_id, attempt_no, "retrying", attempt, next_retry_at=next_at)
-        return seconds
+        return Verdict("retrying", retry_in=seconds)
 
     async def _record(self, event: Event, endpoint_id: str, attempt_no: int, outcome: str,
                       attempt: Attempt, *, next_retry_at: str | None = None) -> None:
@@ -328,13 +328,9 @@ def _start_span(job: WebhookJob, event: Event, endpoint: WebhookEndpoint | None
         "payflow.webhook.attempt": job.attempt + 1}, kind="client")
 
 
-def _end_failed_span(span: tracing.Span, attempt: Attempt, verdict: float | Dead | None
-                     ) -> None:
-    if isinstance(verdict, Dead):
-        outcome = "refused" if attempt.refused else "dead"
-    else:
-        outcome = "disabled" if verdict is None else "retrying"
-    tracing.end(span, outcome=outcome, http_status=attempt.status, error=attempt.reason)
+def _end_failed_span(span: tracing.Span, attempt: Attempt, verdict: Verdict) -> None:
+    tracing.end(span, outcome=verdict.outcome, http_status=attempt.status,
+                error=attempt.reason)
 
 
 def _count(attempts: list[DeliveryAttempt], *, ok: bool = True) -> None:
@@ -354,7 +350,19 @@ def _count(attempts: list[DeliveryAttempt], *, ok: bool = True) -> None:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Dead:
-    """A failed attempt after which the delivery is dead-lettered, and why."""
+class Verdict:
+    """What a failed attempt leads to; ``outcome`` is the attempt's recorded outcome:
+    ``retrying`` (again in ``retry_in`` seconds), ``dead`` or ``refused`` (the delivery is
+    dead-lettered, because of ``reason``), or ``disabled`` (the endpoint is disabled: nothing
+    more until ``recover`` replays it)."""
 
-    reason: str
+    outcome: str
+    retry_in: float = 0.0
+    reason: str = ""
+
+    @property
+    def dead(self) -> bool:
+        return self.outcome in ("dead", "refused")
+
+
+DISABLED = Verdict("disabled")
