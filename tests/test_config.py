@@ -581,3 +581,9 @@ def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert event_loop_factory("auto") is None
     with pytest.raises(ConfigError, match=r"uvloop is not installed \(pip install"):
         event_loop_factory("uvloop")
+
+
+def test_the_client_commands_api_key_variable_is_not_a_setting() -> None:
+    # `export PAYFLOW_API_KEY=…` for payflow pay / listen must not stop payflow serve
+    config = load_config(None, env={"PAYFLOW_API_KEY": "sk_client_0123456789abcdef"})
+    assert config.api.keys == ()

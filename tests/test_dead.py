@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -21,7 +23,7 @@ from redis.asyncio import Redis
 
 from conftest import RedisServer, free_port
 from daemon_proc import Daemon, daemon_env
-from payflow import deadletters
+from payflow import cli_dead, deadletters
 from payflow.deadletters import (
     UNREADABLE,
     DeadEntry,
@@ -219,6 +221,67 @@ async def test_replay_all_in_pages(r: Redis, monkeypatch: pytest.MonkeyPatch) ->
     assert await replay(r, Q, None) == (0, [])
 
 
+async def test_replay_all_reports_progress_entry_by_entry(
+        r: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deadletters, "PAGE", 2)
+    for i in range(5):
+        await push_dead(r, Q, f"process_payment:pay_{i}:upi".encode())
+    seen: list[tuple[int, int]] = []
+    assert await replay(r, Q, None, progress=lambda done, total: seen.append((done, total))) == (
+        5, [])
+    assert seen == [(n, 5) for n in range(1, 6)]
+    seen.clear()
+    assert await replay(r, Q, None, progress=lambda *a: seen.append(a)) == (0, [])
+    assert seen == []  # nothing to go through: no progress at all
+
+
+class FakeTty(io.StringIO):
+    """What a terminal's stderr looks like to the progress line."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+async def test_cli_replay_all_shows_progress_on_a_terminal_only(
+        fake_redis: Redis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tty: bool) -> None:
+    monkeypatch.setattr(cli_dead, "PROGRESS_SECONDS", 0.0)  # draw every update
+    for i in range(1200):  # three pages of deadletters.PAGE
+        await push_dead(fake_redis, Q, f"process_payment:pay_{i}:upi".encode())
+    await push_dead(fake_redis, W, b"webhook:payment.success:pay_9")
+    stderr = FakeTty() if tty else io.StringIO()
+    args = argparse.Namespace(all=True, ids=[])
+    assert await cli_dead._replay(fake_redis, [Q, W], args, stderr=stderr) == 0
+    assert capsys.readouterr() == ("replayed 1201\n", "")  # stdout as without a terminal
+    if not tty:
+        assert stderr.getvalue() == ""
+        return
+    text = stderr.getvalue()
+    assert "\n" not in text  # redrawn in place
+    draws = [d.rstrip() for d in text.split("\r") if d.strip()]
+    assert draws[0] == f"replaying {DEAD_Q}  [{'.' * 30}]  1/1,200  0%"
+    assert f"replaying {DEAD_Q}  [{'#' * 15}{'.' * 15}]  600/1,200  50%" in draws
+    assert draws[1199] == f"replaying {DEAD_Q}  [{'#' * 30}]  1,200/1,200  100%"
+    assert draws[1200:] == [f"replaying {DEAD_W}  [{'#' * 30}]  1/1  100%"]
+    assert text.endswith(" " * len(draws[-1]) + "\r")  # the line is erased at the end
+
+
+def test_progress_line_is_drawn_at_most_ten_times_a_second() -> None:
+    stream = FakeTty()
+    line = cli_dead.ProgressLine.on(stream, "replaying x")
+    assert line is not None
+    for done in range(1, 10001):
+        line.update(done, 10000)
+    draws = [d for d in stream.getvalue().split("\r") if d.strip()]
+    assert 2 <= len(draws) <= 5  # the first, the last, and one per 0.1 s between
+    assert draws[-1].startswith("replaying x  [") and "10,000/10,000  100%" in draws[-1]
+    assert cli_dead.ProgressLine.on(io.StringIO(), "x") is None
+    closed = io.StringIO()
+    closed.close()  # its isatty() raises ValueError
+    assert cli_dead.ProgressLine.on(closed, "x") is None
+
+
 async def test_identical_entries_share_an_id_and_are_all_replayed(r: Redis) -> None:
     raw = dead_entry(Q, b"process_payment:pay_1:upi", "x", consumer="c")
     await r.lpush(DEAD_Q, raw, b"other", raw)
@@ -328,7 +391,7 @@ def test_cli_replay_one_then_all(tmp_path: Path, redis_server: RedisServer,
     assert sha12(one) in again.stderr and "abcdef012345" in again.stderr
 
     every = run_payflow(tmp_path, "replay", "--all", "--redis-url", redis_server.url)
-    assert (every.returncode, every.stdout) == (0, "replayed 2\n"), every.stderr
+    assert (every.returncode, every.stdout, every.stderr) == (0, "replayed 2\n", "")  # no tty
     assert sorted(server.lrange(Q, 0, -1)) == sorted([b"process_payment:pay_1:upi", BINARY_JOB])
     assert server.llen(DEAD_Q) == server.llen(DEAD_W) == 0
 

@@ -83,8 +83,8 @@ QUEUES: Final = ("payflow_jobs", "webhook_jobs")
 DEAD_ENTRY: Final = (b'{"queue":"payflow_jobs","reason":"seeded","failed_at":'
                      b'"2026-01-01T00:00:00.000Z","consumer":"d:p0","job":"garbage"}')
 DEAD_ID: Final = entry_id(DEAD_ENTRY)
-# The dashboard's page and files: served without an API key.
-DASHBOARD_PAGES: Final = frozenset({"/dashboard", "/dashboard/{file}"})
+# The dashboard's and the API reference's pages and files: served without an API key.
+DASHBOARD_PAGES: Final = frozenset({"/dashboard", "/dashboard/{file}", "/docs", "/docs/{file}"})
 
 
 def _documented_operations() -> list[tuple[str, str]]:
@@ -366,6 +366,9 @@ SEEDED: Final[dict[tuple[str, str], list[tuple[int, dict[str, Any]]]]] = {
     ("GET", "/dashboard"): [(200, {})],
     ("GET", "/dashboard/{file}"): [(200, {"path_parameters": {"file": f}})
                                    for f in ("app.js", "style.css")],
+    ("GET", "/docs"): [(200, {})],
+    ("GET", "/docs/{file}"): [(200, {"path_parameters": {"file": f}})
+                              for f in ("init.js", "swagger-ui-bundle.js", "swagger-ui.css")],
 }
 
 
@@ -465,6 +468,23 @@ def test_every_operation_documents_its_401(schema: BaseSchema, live: Live,
         response = case.call(base_url=live.url, session=http, timeout=10)
         assert (response.status_code == 401) is (
             path not in ALWAYS_OPEN | DASHBOARD_PAGES | {"/metrics"})
+        case.validate_response(response, checks=CHECKS)
+
+
+def test_every_api_operation_refuses_unknown_query_parameters(
+        schema: BaseSchema, live: Live, http: requests.Session) -> None:
+    """Every ``/v1/`` operation answers a query parameter it does not take with the 400
+    ``unknown_parameter`` it documents, before anything else about the request."""
+    api = [(m, p) for m, p in _documented_operations() if p.startswith("/v1/")]
+    assert len(api) > 20
+    for method, path in api:
+        op = schema[path][method]
+        case: Case[Any] = op.Case(path_parameters={name: "x" for name in _path_names(path)},
+                                  query={"colour": "red"}, headers=dict(AUTH))
+        response = case.call(base_url=live.url, session=http, timeout=10)
+        assert response.status_code == 400, (method, path, response.text)
+        assert response.json()["code"] == "unknown_parameter", (method, path)
+        assert response.json()["param"] == "colour"
         case.validate_response(response, checks=CHECKS)
 
 

@@ -234,3 +234,106 @@ async def test_the_job_names_the_payment_whatever_the_request_size(
     assert parse_job(raw) == PaymentJob(payment_id=payment_id, jid=json.loads(raw)["jid"])
     stored = (await e.store.get_payments([payment_id]))[payment_id]
     assert stored.metadata == metadata
+
+
+async def test_a_payments_refunds_are_listed(env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    payment_id = await pay(client, 1000)
+    assert (await (await client.get(f"/v1/payments/{payment_id}/refunds")).json()) == {
+        "object": "list", "data": [], "has_more": False}
+    await e.run_jobs()
+    first = await (await client.post(f"/v1/payments/{payment_id}/refunds",
+                                     json={"amount": 300})).json()
+    second = await (await client.post(f"/v1/payments/{payment_id}/refunds")).json()
+    await e.run_jobs()
+    listed = await (await client.get(f"/v1/payments/{payment_id}/refunds")).json()
+    assert {r["id"] for r in listed["data"]} == {first["id"], second["id"]}
+    assert {(r["amount"], r["status"]) for r in listed["data"]} == {
+        (300, "succeeded"), (700, "succeeded")}
+    other = await pay(client, 500)
+    assert (await (await client.get(f"/v1/payments/{other}/refunds")).json())["data"] == []
+    missing = await client.get("/v1/payments/pay_nope/refunds")
+    assert missing.status == 404 and (await missing.json())["code"] == "payment_not_found"
+
+
+async def test_events_filtered_by_type(env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    paid = await pay(client, 1000)
+    await pay(client, 1000, upi={"vpa": "failure@okbank"})
+    await e.run_jobs()
+    await client.post(f"/v1/payments/{paid}/refunds")
+    await e.run_jobs()
+    everything = await (await client.get("/v1/events")).json()
+    assert sorted(ev["type"] for ev in everything["data"]) == [
+        "payment.failed", "payment.success", "refund.success"]
+    for kind in ("payment.success", "payment.failed", "refund.success"):
+        page = await (await client.get(f"/v1/events?type={kind}")).json()
+        assert [ev["type"] for ev in page["data"]] == [kind]
+    assert (await (await client.get("/v1/events?type=refund.failed")).json())["data"] == []
+    bad = await client.get("/v1/events?type=payment.exploded")
+    assert bad.status == 400 and (await bad.json())["param"] == "type"
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/payments?limit=1&colour=red"),
+    ("GET", "/v1/payments/{payment}?colour=red"),
+    ("GET", "/v1/payments/{payment}/refunds?colour=red"),
+    ("GET", "/v1/events?type=payment.success&colour=red"),
+    ("GET", "/v1/webhook_endpoints?colour=red"),
+    ("POST", "/v1/payments/{payment}/cancel?colour=red"),
+    ("GET", "/v1/payments?created%5Bgt%5D=0&colour=red"),  # created[gt]: a typo of [gte]
+])
+async def test_unknown_query_parameters_are_400(env: tuple[Env, TestClient[Any, Any]],
+                                                method: str, path: str) -> None:
+    _, client = env
+    payment_id = await pay(client, 1000)
+    resp = await client.request(method, path.format(payment=payment_id))
+    assert resp.status == 400
+    assert resp.content_type == "application/problem+json"
+    problem = await resp.json()
+    assert problem["code"] == "unknown_parameter"
+    assert problem["param"] in ("colour", "created[gt]")
+    assert repr(problem["param"]) in problem["detail"]
+    assert (await (await client.get(f"/v1/payments/{payment_id}")).json())["status"] == "pending"
+
+
+async def test_the_known_query_parameters_still_work(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    _, client = env
+    await pay(client, 1000)
+    resp = await client.get("/v1/payments", params={
+        "limit": "5", "status": "pending", "created[gte]": "0", "created[lte]": "99999999999"})
+    assert resp.status == 200 and len((await resp.json())["data"]) == 1
+    ok = await client.get("/v1/events", params={"limit": "5", "type": "payment.success"})
+    assert ok.status == 200
+
+
+async def test_the_api_reference_is_served_without_a_key(serve_app: ServeApp) -> None:
+    from payflow.config import ApiKeyConfig
+
+    async def ping() -> bool:
+        return True
+
+    async def enqueue(raw: bytes) -> None:
+        return None
+
+    ctx = WebContext(store=MemoryStore(), enqueue_payment=enqueue, ping=ping,
+                     api_keys=(ApiKeyConfig(name="k", secret="sk_test_docs_0123456789"),))
+    client = await serve_app(create_app(ctx))
+    page = await client.get("/docs")
+    assert page.status == 200 and page.content_type == "text/html"
+    html = await page.text()
+    assert "/docs/swagger-ui-bundle.js" in html and "/docs/init.js" in html
+    assert "https://" not in html  # no CDN
+    init = await (await client.get("/docs/init.js")).text()
+    assert 'url: "/openapi.json"' in init
+    bundle = await client.get("/docs/swagger-ui-bundle.js")
+    assert bundle.status == 200 and bundle.content_type == "text/javascript"
+    assert "SwaggerUIBundle" in await bundle.text()
+    css = await client.get("/docs/swagger-ui.css")
+    assert css.status == 200 and css.content_type == "text/css"
+    assert "default-src 'none'" in css.headers["Content-Security-Policy"]
+    assert (await client.get("/docs/VENDORED.md")).status == 404
+    assert (await client.get("/docs/LICENSE.swagger-ui")).status == 404
+    assert (await client.get("/openapi.json")).status == 200
+    assert (await client.get("/v1/payments")).status == 401  # the API still needs the key

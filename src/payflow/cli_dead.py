@@ -10,8 +10,9 @@ import io
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from payflow.cli_status import NOT_PAYFLOW, never_registered, not_registered_line
 from payflow.errors import ConfigError
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from payflow.deadletters import DeadEntry
 
 JOB_SHOWN = 200  # characters of a job shown by `payflow dead list`
+PROGRESS_SECONDS = 0.1  # a progress line is redrawn at most this often
+PROGRESS_WIDTH = 30  # characters of the bar
 
 Action = Callable[["Redis", Sequence[str], argparse.Namespace], Awaitable[int]]
 
@@ -177,13 +180,21 @@ def _entry_json(entry: DeadEntry) -> dict[str, str]:
             "job": entry.job.decode("utf-8", "backslashreplace")}
 
 
-async def _replay(redis: Redis, queues: Sequence[str], args: argparse.Namespace) -> int:
+async def _replay(redis: Redis, queues: Sequence[str], args: argparse.Namespace, *,
+                  stderr: TextIO | None = None) -> int:
     from payflow.deadletters import replay
+    from payflow.queue import keys
 
     total = 0
     pending: list[str] | None = None if args.all else list(dict.fromkeys(args.ids))
     for queue in queues:
-        count, missing = await replay(redis, queue, pending)
+        bar = ProgressLine.on(stderr or sys.stderr, f"replaying {keys.dead(queue)}")
+        try:
+            count, missing = await replay(redis, queue, pending,
+                                          progress=bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
         total += count
         if pending is not None:
             pending = missing
@@ -211,6 +222,43 @@ async def _purge(redis: Redis, queues: Sequence[str], args: argparse.Namespace) 
 
 
 _ACTIONS: dict[str, Action] = {"list": _list, "replay": _replay, "purge": _purge}
+
+
+class ProgressLine:
+    """A progress bar redrawn in place (``\r``) on a terminal; :meth:`on` gives none for a
+    stream that is not one, so that piped and logged output stays as it was."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self._stream = stream
+        self._label = label
+        self._drawn = 0.0  # monotonic time of the last draw; 0: never drawn
+        self._width = 0  # characters of the last line drawn
+
+    @classmethod
+    def on(cls, stream: TextIO, label: str) -> ProgressLine | None:
+        try:
+            tty = stream.isatty()
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            tty = False
+        return cls(stream, label) if tty else None
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._drawn < PROGRESS_SECONDS:
+            return
+        self._drawn = now
+        filled = PROGRESS_WIDTH * done // total if total else PROGRESS_WIDTH
+        line = (f"{self._label}  [{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}]  "
+                f"{done:,}/{total:,}  {100 * done // total if total else 100}%")
+        self._stream.write("\r" + line.ljust(self._width))
+        self._stream.flush()
+        self._width = len(line)
+
+    def close(self) -> None:
+        """Erase the line, so that what is printed next starts on a clean one."""
+        if self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
 
 
 # --- printing -------------------------------------------------------------------------------

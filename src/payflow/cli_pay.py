@@ -10,6 +10,8 @@ import sys
 import uuid
 from typing import Any
 
+from payflow.config import CLIENT_API_KEY_ENV
+
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 POLL_SECONDS = 0.2
 
@@ -30,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     pay.add_argument("--exp", metavar="MM/YYYY", help="card expiry")
     pay.add_argument("--url", default="http://127.0.0.1:8080",
                      help="the daemon's HTTP address (default: http://127.0.0.1:8080)")
-    pay.add_argument("--api-key", metavar="KEY", default=os.environ.get("PAYFLOW_API_KEY"),
-                     help="API key secret (default: $PAYFLOW_API_KEY)")
+    pay.add_argument("--api-key", metavar="KEY", default=os.environ.get(CLIENT_API_KEY_ENV),
+                     help=f"API key secret (default: ${CLIENT_API_KEY_ENV})")
     pay.add_argument("--idempotency-key", metavar="K",
                      help="Idempotency-Key (default: a new random one)")
     pay.add_argument("--wait", nargs="?", type=float, const=30.0, default=None,

@@ -59,6 +59,8 @@ __all__ = [
 CONFIG_ENV: Final = "PAYFLOW_CONFIG"
 DEFAULT_CONFIG_FILE: Final = "payflow.toml"
 ENV_PREFIX: Final = "PAYFLOW_"
+# The API key the client commands (payflow pay, payflow listen) send: not a daemon setting.
+CLIENT_API_KEY_ENV: Final = "PAYFLOW_API_KEY"
 LOG_FORMATS: Final = ("auto", "console", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
@@ -378,8 +380,8 @@ def _read_toml(path: Path, label: str, via: str) -> dict[str, Any]:
 
 def _env_key(name: str) -> tuple[str, str] | None:
     """``PAYFLOW_HTTP_MAX_BODY_BYTES`` -> ``("http", "max_body_bytes")``; None for a variable
-    that is not a setting (``PAYFLOW_CONFIG``, ``PAYFLOW_API_KEYS``: another module's)."""
-    if not name.startswith(ENV_PREFIX):
+    that is not a setting (``PAYFLOW_CONFIG``, ``PAYFLOW_API_KEY``: the client commands')."""
+    if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, CLIENT_API_KEY_ENV):
         return None
     rest = name[len(ENV_PREFIX):]
     for section in _SCHEMA:

@@ -33,6 +33,8 @@ UNREADABLE = "unreadable dead-letter entry"
 PAGE = 500  # entries read per LRANGE when going through a whole dead list
 
 ReplayOne = Callable[[bytes], Awaitable[bool]]
+# (entries gone through, entries to go through): called as ``replay(ids=None)`` goes
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,12 @@ def replay_payload(job: bytes) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def replay(redis: Redis, queue: str,
-                 ids: Collection[str] | None) -> tuple[int, list[str]]:
+async def replay(redis: Redis, queue: str, ids: Collection[str] | None, *,
+                 progress: Progress | None = None) -> tuple[int, list[str]]:
     """Put the jobs of the entries with these ids (``None``: every entry) back on ``queue``,
     removing the entries. Returns how many were replayed and the ids of which no entry was
-    replayed (none found, or another replay or purge took it first), in the order given."""
+    replayed (none found, or another replay or purge took it first), in the order given.
+    ``progress`` is called after each entry of a replay of every entry."""
     script = Scripts(redis).replay
     dead = keys.dead(queue)
 
@@ -117,7 +120,7 @@ async def replay(redis: Redis, queue: str,
         return done == 1
 
     if ids is None:
-        return await _replay_all(redis, dead, replay_one), []
+        return await _replay_all(redis, dead, replay_one, progress), []
 
     wanted = set(ids)
     found: Counter[bytes] = Counter()  # matching entries, oldest first, with their copies
@@ -152,21 +155,24 @@ async def _pages_oldest_first(redis: Redis, dead: str) -> AsyncIterator[list[byt
         skip += PAGE
 
 
-async def _replay_all(redis: Redis, dead: str, replay_one: ReplayOne) -> int:
+async def _replay_all(redis: Redis, dead: str, replay_one: ReplayOne,
+                      progress: Progress | None) -> int:
     """Replay the entries that are in the list now, a page at a time: at most as many as
     ``LLEN`` says at the start, so entries that die again meanwhile are not replayed again
     and again. Each page is the newest of the entries not yet replayed (addressed from the
     tail, so new entries do not shift it), because ``replay.lua`` finds an entry by
     scanning from the head: that keeps each replay's scan short."""
     remaining: int = await redis.llen(dead)
-    replayed = 0
+    total, replayed = remaining, 0
     while remaining > 0:
         size = min(PAGE, remaining)
         page = await _lrange(redis, dead, -remaining, -remaining + size - 1)
         if not page:
             break
-        for raw in page:
+        for n, raw in enumerate(page, 1):
             replayed += int(await replay_one(raw))
+            if progress is not None:
+                progress(total - remaining + n, total)
         remaining -= len(page)
     return replayed
 

@@ -32,6 +32,7 @@ from payflow.operations import Operations
 from payflow.store.base import Store
 from payflow.web import (
     dashboard,
+    docs,
     endpoints,
     events,
     health,
@@ -105,7 +106,7 @@ def create_app(ctx: WebContext) -> web.Application:
     middlewares: list[Middleware] = [_middleware]  # first: Request-Id, problem rendering
     # then who is calling (the idempotency keys are scoped to the API key)
     middlewares.append(auth_middleware(ctx.api_keys, metrics_public=ctx.metrics_public,
-                                       open_trees=[dashboard.PATH]))
+                                       open_trees=[dashboard.PATH, docs.PATH]))
     if ctx.idempotency is not None:
         middlewares.append(idempotency_middleware(ctx.idempotency))
     app = web.Application(client_max_size=ctx.max_body_bytes, middlewares=middlewares)
@@ -118,6 +119,7 @@ def create_app(ctx: WebContext) -> web.Application:
     health.add_routes(app, ctx)
     operations.add_routes(app, ctx)
     dashboard.add_routes(app)
+    docs.add_routes(app)
     openapi.add_routes(app)
     app.on_response_prepare.append(_stamp_request_id)
     return app

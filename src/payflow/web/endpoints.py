@@ -14,7 +14,7 @@ from payflow.errors import ValidationError
 from payflow.models import ALL_EVENT_TYPES, iso
 from payflow.web import problems
 from payflow.web.body import read_json_object
-from payflow.web.params import parse_time, reject_unknown
+from payflow.web.params import parse_time, query, reject_unknown
 
 if TYPE_CHECKING:
     from payflow.web.app import WebContext
@@ -85,20 +85,24 @@ class _Handlers:
         self.webhooks = ctx.webhooks
 
     async def create(self, request: web.Request) -> web.Response:
+        query(request)
         fields = _fields(await read_json_object(request), creating=True)
         endpoint, secret = await self.webhooks.create_endpoint(fields)
         return problems.json_response({**endpoint.to_dict(), "secret": secret}, status=201,
                                       headers={"Location": f"{PATH}/{endpoint.id}"})
 
     async def list(self, request: web.Request) -> web.Response:
+        query(request)
         data = [ep.to_dict() for ep in await self.webhooks.endpoints()]
         return problems.json_response({"object": "list", "data": data, "has_more": False})
 
     async def retrieve(self, request: web.Request) -> web.Response:
+        query(request)
         return problems.json_response(
             (await self.webhooks.endpoint(request.match_info["id"])).to_dict())
 
     async def update(self, request: web.Request) -> web.Response:
+        query(request)
         endpoint_id = request.match_info["id"]
         await self.webhooks.endpoint(endpoint_id)  # 404 before a 4xx about the body
         fields = _fields(await read_json_object(request), creating=False)
@@ -106,20 +110,22 @@ class _Handlers:
         return problems.json_response(updated.to_dict())
 
     async def delete(self, request: web.Request) -> web.Response:
+        query(request)
         endpoint_id = request.match_info["id"]
         await self.webhooks.delete_endpoint(endpoint_id)
         return problems.json_response({"id": endpoint_id, "object": "webhook_endpoint",
                                        "deleted": True})
 
     async def rotate(self, request: web.Request) -> web.Response:
+        query(request)
         rotated, secret = await self.webhooks.rotate_secret(request.match_info["id"])
         previous = [s.expires_at for s in rotated.secrets[1:]]
         return problems.json_response({**rotated.to_dict(), "secret": secret,
                                        "previous_secrets_expire_at": previous})
 
     async def recover(self, request: web.Request) -> web.Response:
+        raw_since = query(request, "since").get("since")
         endpoint_id = request.match_info["id"]
-        raw_since = request.query.get("since")
         since = (parse_time(raw_since, "since", status=422) if raw_since is not None
                  else iso(datetime.now(UTC) - timedelta(hours=24)))
         queued = await self.webhooks.recover(endpoint_id, since)

@@ -11,7 +11,7 @@ from payflow.errors import ValidationError
 from payflow.models import ALL_EVENT_TYPES, Event
 from payflow.web import problems
 from payflow.web.body import read_json_object
-from payflow.web.params import page_limit, reject_unknown
+from payflow.web.params import page_limit, query, reject_unknown
 
 if TYPE_CHECKING:
     from payflow.web.app import WebContext
@@ -36,23 +36,26 @@ class _Handlers:
         self.webhooks = ctx.webhooks
 
     async def list(self, request: web.Request) -> web.Response:
+        params = query(request, "limit", "starting_after", "type")
         limit = page_limit(request)
-        event_type = request.query.get("type")
+        event_type = params.get("type")
         if event_type is not None and event_type not in ALL_EVENT_TYPES:
             raise ValidationError("type must be one of " + ", ".join(ALL_EVENT_TYPES) + ".",
                                   param="type", code="invalid_type", status=400)
         page = await self.webhooks.events(limit=limit + 1,
-                                          starting_after=request.query.get("starting_after"),
+                                          starting_after=params.get("starting_after"),
                                           type=event_type)
         return problems.json_response({"object": "list",
                                        "data": [event_dict(e) for e in page[:limit]],
                                        "has_more": len(page) > limit})
 
     async def retrieve(self, request: web.Request) -> web.Response:
+        query(request)
         return problems.json_response(event_dict(
             await self.webhooks.event(request.match_info["id"])))
 
     async def attempts(self, request: web.Request) -> web.Response:
+        query(request)
         attempts = await self.webhooks.attempts(request.match_info["id"])
         return problems.json_response({"object": "list",
                                        "data": [a.to_dict() for a in attempts],
@@ -61,6 +64,7 @@ class _Handlers:
     async def retry(self, request: web.Request) -> web.Response:
         """Deliver the event again now, even after it was dead: to one endpoint
         (``{"endpoint_id": …}``) or to every endpoint subscribed to it."""
+        query(request)
         endpoint_id = None
         if request.body_exists:
             body = await read_json_object(request)

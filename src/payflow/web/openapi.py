@@ -193,8 +193,27 @@ def _time_query(name: str, description: str, status: int) -> Doc:
 
 
 def _paths() -> Doc:
-    return {**_payment_paths(), **_endpoint_paths(), **_event_paths(), **_queue_paths(),
-            **_dashboard_paths(), **_operation_paths()}
+    api = {**_payment_paths(), **_endpoint_paths(), **_event_paths(), **_queue_paths()}
+    for item in api.values():
+        for method in METHODS & item.keys():
+            _refuse_unknown_parameters(item[method])
+    return {**api, **_dashboard_paths(), **_docs_paths(), **_operation_paths()}
+
+
+METHODS: Final = frozenset({"get", "post", "patch", "delete"})
+_UNKNOWN_PARAMETER: Final = ("unknown_parameter: a query parameter this operation does not "
+                             "take (param names it).")
+
+
+def _refuse_unknown_parameters(op: Doc) -> None:
+    """Every ``/v1/`` route answers 400 ``unknown_parameter`` to a query parameter it does not
+    take (``web.params.query``)."""
+    responses = op["responses"]
+    if "400" in responses:
+        responses["400"]["description"] += "\n- " + _UNKNOWN_PARAMETER
+    else:
+        responses["400"] = _problem(400, [_UNKNOWN_PARAMETER], replayable=False)
+        op["responses"] = dict(sorted(responses.items()))
 
 
 def _payment_paths() -> Doc:
@@ -429,6 +448,26 @@ def _dashboard_paths() -> Doc:
                 "dashboardFile", "A file of the dashboard page", "dashboard",
                 {200: page(("text/javascript", "text/css"), "The file.")},
                 {404: ["not_found: the dashboard has no such file."]}, security=[])},
+    }
+
+
+def _docs_paths() -> Doc:
+    def page(media: tuple[str, ...], description: str) -> Doc:
+        return {"description": description, "headers": _header_refs(),
+                "content": {m: {"schema": {"type": "string"}} for m in media}}
+
+    return {
+        "/docs": {"get": _operation(
+            "docs", "This document in Swagger UI", "operations",
+            {200: page(("text/html",), "The page; it loads /openapi.json.")}, {},
+            security=[])},
+        "/docs/{file}": {
+            "parameters": [_path_param("file", "init.js, swagger-ui-bundle.js or "
+                                               "swagger-ui.css.")],
+            "get": _operation(
+                "docsFile", "A file of the Swagger UI page", "operations",
+                {200: page(("text/javascript", "text/css"), "The file.")},
+                {404: ["not_found: the page has no such file."]}, security=[])},
     }
 
 

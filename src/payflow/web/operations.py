@@ -13,7 +13,7 @@ from payflow.errors import QueueUnavailable, ValidationError
 from payflow.operations import Operations, entry_dict
 from payflow.web import problems
 from payflow.web.body import read_json_object
-from payflow.web.params import page_limit, reject_unknown
+from payflow.web.params import page_limit, query, reject_unknown
 
 if TYPE_CHECKING:
     from payflow.web.app import WebContext
@@ -43,13 +43,15 @@ class _Handlers:
         return self._operations
 
     async def overview(self, request: web.Request) -> web.Response:
+        query(request)
         return problems.json_response({"object": "queue_overview",
                                        **await self.ops.overview()})
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         """The newest entries first, ``limit`` 1-100 (50)."""
+        params = query(request, "queue", "limit")
         limit = page_limit(request, default=50)
-        queue = self.ops.check_queue(request.query.get("queue"))
+        queue = self.ops.check_queue(params.get("queue"))
         total, entries = await self.ops.dead_letters(queue, limit=limit)
         return problems.json_response({"object": "list", "queue": queue, "total": total,
                                        "data": [entry_dict(e) for e in entries],
@@ -57,6 +59,7 @@ class _Handlers:
 
     async def replay(self, request: web.Request) -> web.Response:
         """``{"queue": …, "id": …}`` replays one entry, ``{"queue": …, "all": true}`` all."""
+        query(request)
         body = await read_json_object(request)
         reject_unknown(body, ("queue", "id", "all"))
         queue = body.get("queue")
@@ -80,12 +83,13 @@ class _Handlers:
                                        "replayed": replayed})
 
     async def purge(self, request: web.Request) -> web.Response:
-        queue = self.ops.check_queue(request.query.get("queue"))
+        queue = self.ops.check_queue(query(request, "queue").get("queue"))
         deleted = await self.ops.purge(queue)
         return problems.json_response({"object": "dead_letter_purge", "queue": queue,
                                        "deleted": deleted})
 
     async def payment_events(self, request: web.Request) -> web.Response:
+        query(request)
         events, truncated = await self.ops.payment_events(request.match_info["payment_id"])
         return problems.json_response({"object": "list",
                                        "data": [{"object": "event", **e.to_dict()}
@@ -93,4 +97,5 @@ class _Handlers:
                                        "has_more": truncated})
 
     async def endpoint_health(self, request: web.Request) -> web.Response:
+        query(request)
         return problems.json_response(await self.ops.endpoint_health(request.match_info["id"]))

@@ -1,4 +1,5 @@
-"""Query parameters shared by the list endpoints."""
+"""Query parameters: :func:`query` (every ``/v1/`` route names the ones it reads; any other is
+400 ``unknown_parameter``) and those shared by the list endpoints."""
 
 from __future__ import annotations
 
@@ -6,9 +7,23 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from payflow.errors import ValidationError
 from payflow.models import iso, parse_iso
+
+
+def query(request: web.Request, *allowed: str) -> MultiMapping[str]:
+    """The request's query parameters, once each is known to be one of ``allowed``: else a 400
+    ``unknown_parameter`` naming the first that is not (as unknown body fields are refused)."""
+    params = request.query
+    for name in params:
+        if name not in allowed:
+            shown = name if len(name) <= 100 else name[:100] + "…"
+            known = f"allowed: {', '.join(allowed)}" if allowed else "this route takes none"
+            raise ValidationError(f"Unknown query parameter {shown!r} ({known}).", param=shown,
+                                  code="unknown_parameter", status=400)
+    return params
 
 
 def page_limit(request: web.Request, default: int = 10) -> int:

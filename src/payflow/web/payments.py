@@ -15,12 +15,13 @@ from payflow.validation import validate_payment_request
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.idempotency import REPLAYED_HEADER
-from payflow.web.params import page_limit, time_param
+from payflow.web.params import page_limit, query, time_param
 
 if TYPE_CHECKING:
     from payflow.web.app import WebContext
 
 PAYMENTS_PATH: Final = "/v1/payments"
+LIST_PARAMS: Final = ("limit", "starting_after", "status", "created[gte]", "created[lte]")
 
 
 def add_routes(app: web.Application, ctx: WebContext) -> None:
@@ -38,6 +39,7 @@ class _PaymentHandlers:
         self._idempotency = ctx.idempotency
 
     async def create(self, request: web.Request) -> web.Response:
+        query(request)
         req = validate_payment_request(await read_json_object(request))
         binding = await self._idempotency.binding(request) if self._idempotency else None
         payment, replayed = await self._payments.create(req, idempotency=binding)
@@ -49,9 +51,10 @@ class _PaymentHandlers:
     async def list(self, request: web.Request) -> web.Response:
         """Newest first, ``limit`` 1-100 (10), cursor ``starting_after``, filters ``status``,
         ``created[gte]`` and ``created[lte]`` (unix seconds or ISO-8601)."""
+        params = query(request, *LIST_PARAMS)
         limit = page_limit(request)
         status = None
-        if (raw := request.query.get("status")) is not None:
+        if (raw := params.get("status")) is not None:
             try:
                 status = PaymentStatus(raw)
             except ValueError:
@@ -59,7 +62,7 @@ class _PaymentHandlers:
                     "status must be one of " + ", ".join(s.value for s in PaymentStatus) + ".",
                     param="status", code="invalid_status", status=400) from None
         page = await self._payments.page(
-            limit=limit + 1, starting_after=request.query.get("starting_after"), status=status,
+            limit=limit + 1, starting_after=params.get("starting_after"), status=status,
             created_gte=time_param(request, "created[gte]"),
             created_lte=time_param(request, "created[lte]"))
         return problems.json_response({"object": "list", "url": PAYMENTS_PATH,
@@ -67,10 +70,12 @@ class _PaymentHandlers:
                                        "has_more": len(page) > limit})
 
     async def cancel(self, request: web.Request) -> web.Response:
+        query(request)
         payment = await self._payments.cancel(request.match_info["payment_id"])
         return problems.json_response(payment.to_dict())
 
     async def retrieve(self, request: web.Request) -> web.Response:
+        query(request)
         payment = await self._payments.get(request.match_info["payment_id"])
         return problems.json_response(payment.to_dict())
 

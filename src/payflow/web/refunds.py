@@ -14,7 +14,7 @@ from aiohttp import web
 from payflow.errors import ValidationError
 from payflow.web import problems
 from payflow.web.body import read_json_object
-from payflow.web.params import reject_unknown
+from payflow.web.params import query, reject_unknown
 from payflow.web.payments import PAYMENTS_PATH
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class _Handlers:
         self.payments = ctx.payments
 
     async def create(self, request: web.Request) -> web.Response:
+        query(request)
         body = await read_json_object(request) if request.body_exists else {}
         reject_unknown(body, ("amount",))
         amount = body.get("amount")
@@ -47,10 +48,12 @@ class _Handlers:
                                       headers={"Location": f"{REFUNDS_PATH}/{refund.id}"})
 
     async def list(self, request: web.Request) -> web.Response:
+        query(request)
         refunds = await self.payments.refunds_of(request.match_info["payment_id"])
         return problems.json_response({"object": "list", "data": [r.to_dict() for r in refunds],
                                        "has_more": False})
 
     async def retrieve(self, request: web.Request) -> web.Response:
+        query(request)
         refund = await self.payments.get_refund(request.match_info["refund_id"])
         return problems.json_response(refund.to_dict())
