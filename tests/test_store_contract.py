@@ -288,9 +288,22 @@ async def test_complete_refunds(store: Store) -> None:
     assert await store.refundable(paid.id) == 200
     assert await store.complete_refunds([RefundCompletion(refund_id="re_3",
                                                           new=RefundStatus.SUCCEEDED)]) == [None]
+    assert (await store.get_payments([paid.id]))[paid.id].amount_refunded == 800  # not 1300
     assert [r.status for r in await store.list_refunds(paid.id)] == [
         RefundStatus.SUCCEEDED, RefundStatus.FAILED, RefundStatus.SUCCEEDED]
     assert await store.complete_refunds([]) == []
+
+
+async def test_a_refund_completed_twice_in_one_batch_counts_once(store: Store) -> None:
+    paid = await succeeded(store, pay(1))
+    assert await store.reserve_refund(Refund(id="re_1", payment_id=paid.id, amount=400)) is None
+    twice = RefundCompletion(refund_id="re_1", new=RefundStatus.SUCCEEDED)
+    first, second = await store.complete_refunds([twice, twice])
+    assert first is not None and second is None
+    after = (await store.get_payments([paid.id]))[paid.id]
+    assert (after.status, after.amount_refunded, after.sequence) == (
+        P.PARTIALLY_REFUNDED, 400, paid.sequence + 1)
+    assert await store.refundable(paid.id) == 600
 
 
 async def test_full_refund_in_one_batch(store: Store) -> None:

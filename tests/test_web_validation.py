@@ -327,6 +327,28 @@ def test_currency_table() -> None:
     assert normalize_currency("EURO") is None
 
 
+# ISO 4217 List One (amendments through 2025): every active code has two minor-unit digits
+# except these.
+NOT_TWO = {
+    0: "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF",
+    3: "BHD IQD JOD KWD LYD OMR TND",
+    4: "CLF UYW",
+}
+
+
+def test_every_iso_4217_exponent() -> None:
+    """The whole table: a wrong exponent anywhere charges 100 times too much or too little."""
+    exceptions = {code: digits for digits, codes in NOT_TWO.items() for code in codes.split()}
+    assert set(exceptions) <= set(MINOR_UNITS)
+    assert {code: e for code, e in MINOR_UNITS.items() if e != 2} == exceptions
+    assert len(MINOR_UNITS) == 166
+    for withdrawn in ("HRK", "CUC", "SLL", "ZWL", "XAU", "XDR", "XTS", "XXX"):
+        assert withdrawn not in MINOR_UNITS
+    for code, digits in MINOR_UNITS.items():
+        assert minor_units(code.lower()) == digits
+        assert normalize_currency(code.lower()) == code
+
+
 def test_card_fingerprints_are_keyed_by_the_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
     import hmac
