@@ -14,7 +14,7 @@ import redis
 
 from conftest import RedisServer
 from daemon_proc import Daemon
-from payflow.cli import main
+from payflow.cli.main import main
 from payflow.queue import keys
 
 Q, W = "payflow_jobs", "webhook_jobs"

@@ -572,7 +572,7 @@ def test_api_keys_from_file_and_env(tmp_path: Path) -> None:
 def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     import uvloop
 
-    from payflow.cli import event_loop_factory
+    from payflow.cli.main import event_loop_factory
 
     assert event_loop_factory("asyncio") is None
     assert event_loop_factory("auto") is uvloop.new_event_loop

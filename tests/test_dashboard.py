@@ -15,7 +15,6 @@ from redis.asyncio import Redis
 
 from conftest import ServeApp, free_port
 from payflow.config import ApiKeyConfig
-from payflow.deadletters import entry_id
 from payflow.jobs import WebhookJob
 from payflow.models import (
     DeliveryAttempt,
@@ -28,9 +27,11 @@ from payflow.models import (
 )
 from payflow.operations import Operations
 from payflow.queue import keys
+from payflow.queue.deadletters import entry_id
 from payflow.queue.redis import dead_entry
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 
 KEY: Final = ApiKeyConfig(name="ops", secret="sk_test_dashboard_0123456789")
 AUTH: Final = {"Authorization": f"Bearer {KEY.secret}"}

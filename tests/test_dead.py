@@ -1,4 +1,4 @@
-"""Dead letters: payflow.deadletters on fakeredis and on a real redis-server, and the
+"""Dead letters: payflow.queue.deadletters on fakeredis and on a real redis-server, and the
 `payflow dead` command run as a subprocess against a real redis-server."""
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from redis.asyncio import Redis
 
 from conftest import RedisServer, free_port
 from daemon_proc import Daemon, daemon_env
-from payflow import cli_dead, deadletters
-from payflow.deadletters import (
+from payflow.cli import dead as cli_dead
+from payflow.jobs import PaymentJob, WebhookJob
+from payflow.queue import deadletters, keys
+from payflow.queue.deadletters import (
     UNREADABLE,
     DeadEntry,
     list_dead,
@@ -32,8 +34,6 @@ from payflow.deadletters import (
     replay,
     replay_payload,
 )
-from payflow.jobs import PaymentJob, WebhookJob
-from payflow.queue import keys
 from payflow.queue.liveness import Liveness
 from payflow.queue.redis import dead_entry
 

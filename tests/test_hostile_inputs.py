@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from conftest import ServeApp
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 
 SURROGATE = st.integers(0xD800, 0xDFFF).map(lambda c: f"\\u{c:04x}")
 

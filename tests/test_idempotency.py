@@ -26,7 +26,8 @@ from redis.asyncio import Redis
 from conftest import RedisServer, ServeApp, free_port
 from payflow.models import Payment, PaymentStatus, Refund, WebhookEndpoint
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 from payflow.web.idempotency import REDACTED, Idempotency
 from payflow.web.keys import API_KEY_NAME
 

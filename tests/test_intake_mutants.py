@@ -1,7 +1,7 @@
-"""The payments service (payflow.intake) directly over a memory store: what each refusal says,
-what a failed push leaves behind (nothing), refund amounts at their bounds, the in-flight
-window of an idempotency key to the second. Written against the mutants the API tests let
-through (scripts/mutation intake)."""
+"""The payments service (payflow.payments.intake) directly over a memory store: what each
+refusal says, what a failed push leaves behind (nothing), refund amounts at their bounds, the
+in-flight window of an idempotency key to the second. Written against the mutants the API
+tests let through (scripts/mutation intake)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, tzinfo
 
 import pytest
 
-from payflow import intake
 from payflow.errors import (
     Conflict,
     KeyInFlight,
@@ -18,11 +17,12 @@ from payflow.errors import (
     QueueUnavailable,
     ValidationError,
 )
-from payflow.intake import Payments, push_or_refuse
 from payflow.models import Payment, PaymentStatus, Refund, parse_iso
+from payflow.payments import intake
+from payflow.payments.intake import Payments, push_or_refuse
+from payflow.payments.validation import PaymentRequest
 from payflow.queue.producer import NotSent
 from payflow.store.memory import MemoryStore
-from payflow.validation import PaymentRequest
 
 REQ = PaymentRequest(amount=1000, currency="KWD", method="upi", method_details={},
                      metadata={})

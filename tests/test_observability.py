@@ -17,7 +17,8 @@ from structlog.testing import capture_logs
 from conftest import ServeApp
 from payflow import logs, metrics
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 
 
 @pytest.fixture

@@ -42,7 +42,6 @@ from schemathesis.specs.openapi.checks import (
 
 from payflow import __version__
 from payflow.config import ApiKeyConfig
-from payflow.deadletters import entry_id
 from payflow.models import (
     DeliveryAttempt,
     EndpointSecret,
@@ -55,11 +54,12 @@ from payflow.models import (
 )
 from payflow.operations import Operations
 from payflow.queue import keys
+from payflow.queue.deadletters import entry_id
 from payflow.store.base import RefundCompletion
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
-from payflow.web.app import MAX_REQUEST_ID_LENGTH
+from payflow.web.app import MAX_REQUEST_ID_LENGTH, create_app
 from payflow.web.auth import ALWAYS_OPEN
+from payflow.web.context import WebContext
 from payflow.web.idempotency import Idempotency
 from payflow.web.openapi import document
 from payflow.web.openapi_schemas import MAX_REQUEST_ID_LENGTH as DOCUMENTED_REQUEST_ID_LENGTH

@@ -10,7 +10,7 @@ import json
 from redis.asyncio import Redis
 
 from payflow import metrics
-from payflow.cli_status import render
+from payflow.cli.status import render
 from payflow.operations import gather
 from payflow.queue import keys
 from payflow.queue.liveness import JobRates, Liveness, job_counts

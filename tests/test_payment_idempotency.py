@@ -25,7 +25,8 @@ from payflow.models import PaymentStatus
 from payflow.queue.producer import NotSent, Uncertain
 from payflow.store import Store, open_store
 from payflow.store.base import Transition
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 from payflow.web.idempotency import Idempotency
 from test_idempotency import TEST_KEY_HEADER, fake_auth
 

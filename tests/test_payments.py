@@ -11,11 +11,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from payflow.errors import InvalidJob, RetryLater
-from payflow.handlers import PaymentHandler
 from payflow.jobs import PaymentJob, RefundJob, WebhookJob, parse_job
 from payflow.models import Payment, PaymentStatus, Refund, event_id_for
-from payflow.payments import PaymentService
-from payflow.processor import ChargeResult, SimulatedProcessor, card_fingerprint
+from payflow.payments.handler import PaymentHandler
+from payflow.payments.processor import ChargeResult, SimulatedProcessor, card_fingerprint
+from payflow.payments.service import PaymentService
 from payflow.store.base import Transition
 from payflow.store.front import StoreFront
 from payflow.store.memory import MemoryStore

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from payflow import cli
+from payflow.cli import main as cli
 from payflow.errors import ConfigError, StartupError
 from payflow.models import (
     DeliveryAttempt,
@@ -92,7 +92,7 @@ async def test_pending_migrations_refuse_without_migrate(postgres_url: str) -> N
 @pytest.fixture
 def run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
             capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    """``run_cli(*args)``: ``payflow.cli.main(args)`` in tmp_path (no ./payflow.toml), without
+    """``run_cli(*args)``: ``payflow.cli.main.main(args)`` in tmp_path (no ./payflow.toml), without
     reconfiguring structlog for the whole test session; returns (code, stdout, stderr)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PAYFLOW_CONFIG", raising=False)

@@ -65,7 +65,6 @@ SKIPPED: Final = {
         "needs a PostgreSQL server and a database of the reader's (tests/test_postgres.py "
         "migrates a schema of its own)"),
     "payflow prune --older-than 30d": "needs a PostgreSQL database (tests/test_postgres.py)",
-    "scripts/bench.py --store memory://": "a benchmark: minutes, and a PostgreSQL server",
     "benchmarks/peers-requirements.txt": (
         "a benchmark: installs peer libraries from the network and runs for minutes"),
     "$ payflow push \"process_payment:pay_test_1001:upi\" garbage": (

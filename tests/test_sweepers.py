@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from payflow.intake import Payments
 from payflow.jobs import PaymentJob, RefundJob, WebhookJob, parse_job
 from payflow.models import Payment, PaymentStatus, Refund
+from payflow.payments.intake import Payments
 from payflow.queue.producer import Uncertain
 from payflow.store.base import Transition
 from payflow.store.memory import MemoryStore

@@ -23,15 +23,16 @@ from structlog.testing import capture_logs
 
 from conftest import ServeApp
 from payflow import tracing
-from payflow.handlers import PaymentHandler
 from payflow.jobs import PaymentJob, RefundJob, WebhookJob, parse_job
 from payflow.models import WebhookEndpoint
-from payflow.payments import PaymentService
-from payflow.processor import SimulatedProcessor
+from payflow.payments.handler import PaymentHandler
+from payflow.payments.processor import SimulatedProcessor
+from payflow.payments.service import PaymentService
 from payflow.queue.consumer import Outcome
 from payflow.store.front import StoreFront
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 from payflow.webhooks.delivery import HttpDelivery, LogSink
 from payflow.webhooks.sender import RetryPolicy, WebhookHandler
 from payflow.webhooks.ssrf import AddressPolicy, make_connector
@@ -339,7 +340,8 @@ def test_off_payflow_imports_no_opentelemetry() -> None:
     code = ("import sys, os; os.environ.pop('OTEL_EXPORTER_OTLP_ENDPOINT', None)\n"
             "import redis.asyncio\n"
             "before = {m for m in sys.modules if m.startswith('opentelemetry')}\n"
-            "import payflow.cli, payflow.daemon, payflow.handlers, payflow.webhooks.sender\n"
+            "import payflow.cli.main, payflow.daemon, payflow.payments.handler\n"
+            "import payflow.webhooks.sender\n"
             "from payflow import tracing; tracing.setup()\n"
             "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')\n"
             "             and m not in before))")

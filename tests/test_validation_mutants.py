@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from payflow import validation
 from payflow.errors import ValidationError
-from payflow.validation import card_brand, luhn_valid, validate_payment_request
+from payflow.payments import validation
+from payflow.payments.validation import card_brand, luhn_valid, validate_payment_request
 
 TODAY = date(2026, 3, 15)
 VISA = "4242424242424242"

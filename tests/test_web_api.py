@@ -13,12 +13,13 @@ from aiohttp.test_utils import TestClient
 from conftest import ServeApp
 from payflow.jobs import PaymentJob, RefundJob, WebhookJob, parse_job
 from payflow.models import Payment, PaymentStatus, RefundStatus, event_id_for
-from payflow.payments import PaymentService
-from payflow.processor import SimulatedProcessor
+from payflow.payments.processor import SimulatedProcessor
+from payflow.payments.service import PaymentService
 from payflow.store.base import Transition
 from payflow.store.front import StoreFront
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 
 REFUND_FAILS = "4000000000005126"
 FAR_FUTURE = "9999-12-31T00:00:00.000Z"

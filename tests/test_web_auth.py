@@ -13,8 +13,9 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 from conftest import ServeApp
 from payflow.config import ApiKeyConfig
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
 from payflow.web.auth import auth_middleware, find_key
+from payflow.web.context import WebContext
 from payflow.web.keys import API_KEY_NAME
 from payflow.web.problems import Problem
 

@@ -14,7 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from conftest import ServeApp
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app, health
+from payflow.web import health
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 
 PROBLEM = "application/problem+json"
 

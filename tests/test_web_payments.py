@@ -20,9 +20,10 @@ from conftest import ServeApp
 from payflow.jobs import PaymentJob, parse_job
 from payflow.logs import add_request_id
 from payflow.models import Payment
-from payflow.processor import card_fingerprint
+from payflow.payments.processor import card_fingerprint
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 
 PROBLEM = "application/problem+json"
 TYPE_BASE = "https://payflow.dev/problems/"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from payflow.currencies import MINOR_UNITS, minor_units, normalize_currency
 from payflow.errors import ValidationError
-from payflow.processor import card_fingerprint
-from payflow.validation import (
+from payflow.payments.currencies import MINOR_UNITS, minor_units, normalize_currency
+from payflow.payments.processor import card_fingerprint
+from payflow.payments.validation import (
     PaymentRequest,
     card_brand,
     luhn_valid,
@@ -353,7 +353,7 @@ def test_card_fingerprints_are_keyed_by_the_deployment(monkeypatch: pytest.Monke
     import hashlib
     import hmac
 
-    from payflow import processor
+    from payflow.payments import processor
 
     monkeypatch.setattr(processor, "_fingerprint_key", processor._fingerprint_key)
     # The key that was in the public source: a fingerprint keyed by it gives a card away.

@@ -16,7 +16,8 @@ from conftest import ServeApp
 from payflow.jobs import WebhookJob, parse_job
 from payflow.models import DeliveryAttempt, Event, Payment, PaymentStatus, WebhookEndpoint
 from payflow.store.memory import MemoryStore
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 from payflow.webhooks.ssrf import AddressPolicy
 
 PROBLEM = "application/problem+json"

@@ -1,5 +1,5 @@
 import sys
 
-from payflow.cli import main
+from payflow.cli.main import main
 
 sys.exit(main())

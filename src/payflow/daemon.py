@@ -31,10 +31,10 @@ from payflow._config_parse import mask_url
 from payflow.config import Config, config_summary
 from payflow.embedded import EmbeddedRedis
 from payflow.errors import StartupError
-from payflow.handlers import PaymentHandler
 from payflow.operations import Operations
-from payflow.payments import PaymentService
-from payflow.processor import SimulatedProcessor, use_fingerprint_key
+from payflow.payments.handler import PaymentHandler
+from payflow.payments.processor import SimulatedProcessor, use_fingerprint_key
+from payflow.payments.service import PaymentService
 from payflow.queue.backoff import Backoff
 from payflow.queue.consumer import Consumer, wait_or_stop
 from payflow.queue.liveness import Liveness
@@ -44,7 +44,8 @@ from payflow.queue.scheduler import run_promoter
 from payflow.store import Store, open_store
 from payflow.store.base import is_outage
 from payflow.store.front import StoreFront
-from payflow.web import WebContext, create_app
+from payflow.web.app import create_app
+from payflow.web.context import WebContext
 from payflow.web.idempotency import Idempotency
 from payflow.web.server import (
     ConnectionGuard,

@@ -4,8 +4,9 @@
   (heartbeat, in-flight jobs, processing rates) and the store kinds, read from Redis alone;
   ``payflow status`` prints it, ``GET /v1/queues`` answers it.
 - :class:`Operations`: the service behind the dashboard's routes: that overview, the dead
-  letters of a queue (list, replay one or all, purge; built on :mod:`payflow.deadletters`), the
-  events of a payment and the delivery health of a webhook endpoint.
+  letters of a queue (list, replay one or all, purge; built on
+  :mod:`payflow.queue.deadletters`), the events of a payment and the delivery health of a
+  webhook endpoint.
 
 Rates come from the daemons: each publishes, with its heartbeat, the jobs it finished per
 second over the last minute (:class:`payflow.queue.liveness.JobRates`); :func:`gather` sums
@@ -25,11 +26,10 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from payflow import deadletters
-from payflow.deadletters import DeadEntry
 from payflow.errors import NotFound, QueueUnavailable, ValidationError
 from payflow.models import Event, iso
-from payflow.queue import keys
+from payflow.queue import deadletters, keys
+from payflow.queue.deadletters import DeadEntry
 from payflow.queue.liveness import RATE_OUTCOMES, RATE_WINDOW_SECONDS
 from payflow.store.base import Store
 

@@ -1,5 +1,2 @@
-"""The HTTP API (aiohttp): ``create_app(WebContext(...))``."""
-
-from payflow.web.app import WebContext, create_app
-
-__all__ = ["WebContext", "create_app"]
+"""The HTTP API (aiohttp): ``app.create_app(context.WebContext(...))``; one module per resource,
+thin adapters over the core services."""

@@ -1,4 +1,4 @@
-"""The HTTP API's application: :class:`WebContext`, :func:`create_app` and the middleware.
+"""The HTTP API's application: :func:`create_app` over a :class:`WebContext`, and the middleware.
 
 The middleware gives every request a ``Request-Id`` (echoed from the client when sane, else
 ``req_<hex>``), sets it for the request's log lines (``logs.REQUEST_ID``), answers 503
@@ -10,12 +10,9 @@ body carries no trace; the trace goes to the log).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Final
 
 import structlog
@@ -24,12 +21,8 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import Counter, Histogram
 
 from payflow import metrics
-from payflow.config import ApiKeyConfig
 from payflow.errors import PayFlowError
-from payflow.intake import Payments
 from payflow.logs import REQUEST_ID
-from payflow.operations import Operations
-from payflow.store.base import Store
 from payflow.web import (
     dashboard,
     docs,
@@ -44,11 +37,9 @@ from payflow.web import (
 )
 from payflow.web.auth import auth_middleware
 from payflow.web.body import BODY_SECONDS_KEY
-from payflow.web.idempotency import Idempotency
+from payflow.web.context import WebContext
 from payflow.web.idempotency import middleware as idempotency_middleware
 from payflow.web.server import guard_of
-from payflow.webhooks.admin import Webhooks
-from payflow.webhooks.ssrf import AddressPolicy
 
 log = structlog.get_logger("payflow.web")
 
@@ -57,44 +48,6 @@ MAX_REQUEST_ID_LENGTH: Final = 200
 _SANE_REQUEST_ID: Final = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 # Paths that still answer while the daemon stops (liveness: the process is alive).
 _ALWAYS_OPEN: Final = frozenset({"/healthz"})
-
-
-@dataclass(frozen=True, kw_only=True)
-class WebContext:
-    """What the HTTP API needs from the daemon."""
-
-    store: Store
-    # LPUSH onto the payments queue; raises redis.exceptions.RedisError when Redis is unreachable.
-    enqueue_payment: Callable[[bytes], Awaitable[None]]
-    # True when Redis answers; for /readyz.
-    ping: Callable[[], Awaitable[bool]]
-    # LPUSH onto the webhook queue (event retries, endpoint recovery); None: not offered.
-    enqueue_webhook: Callable[[bytes], Awaitable[None]] | None = None
-    max_body_bytes: int = 65536
-    body_seconds: float = 30.0  # a request body must arrive within this
-    # How long a rotated-out endpoint secret keeps signing.
-    rotation_grace_hours: float = 24.0
-    # API keys; none: the API is open.
-    api_keys: tuple[ApiKeyConfig, ...] = ()
-    metrics_public: bool = True
-    # Idempotency-Key handling for POST /v1/...; None: the header is ignored.
-    idempotency: Idempotency | None = None
-    # The delivery's address policy: endpoint URLs it would refuse get a 422; None: unchecked.
-    address_policy: AddressPolicy | None = None
-    # Queues, dead letters and daemons for the dashboard; None: those routes answer 503.
-    operations: Operations | None = None
-    # Set => every request but /healthz gets 503 (shutdown).
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # The core services the routes call (built from the above).
-    payments: Payments = field(init=False)
-    webhooks: Webhooks = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "payments", Payments(
-            self.store, push_payment=self.enqueue_payment, push_webhook=self.enqueue_webhook))
-        object.__setattr__(self, "webhooks", Webhooks(
-            self.store, push_webhook=self.enqueue_webhook,
-            rotation_grace_hours=self.rotation_grace_hours, policy=self.address_policy))
 
 
 CTX_KEY: Final = web.AppKey("ctx", WebContext)

@@ -17,7 +17,7 @@ from payflow.web.body import read_json_object
 from payflow.web.params import parse_time, query, reject_unknown
 
 if TYPE_CHECKING:
-    from payflow.web.app import WebContext
+    from payflow.web.context import WebContext
 
 log = structlog.get_logger("payflow.web")
 

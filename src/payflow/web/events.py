@@ -14,7 +14,7 @@ from payflow.web.body import read_json_object
 from payflow.web.params import page_limit, query, reject_unknown
 
 if TYPE_CHECKING:
-    from payflow.web.app import WebContext
+    from payflow.web.context import WebContext
 
 PATH: Final = "/v1/events"
 

@@ -13,7 +13,7 @@ from payflow import metrics
 from payflow.web import problems
 
 if TYPE_CHECKING:
-    from payflow.web.app import WebContext
+    from payflow.web.context import WebContext
 
 log = structlog.get_logger("payflow.web")
 

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from payflow.errors import PayFlowError
-from payflow.web import problems
+from payflow.web import paths, problems
 from payflow.web.body import read_raw
 from payflow.web.keys import API_KEY_NAME
 
@@ -47,7 +47,7 @@ MAX_KEY_LENGTH: Final = 255
 REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
 # POST routes that bind their Idempotency-Key in the store themselves (with the resource they
 # create, before its job is queued), so that no Redis outage can let a retry create another.
-BOUND_IN_STORE: Final = frozenset({"/v1/payments"})
+BOUND_IN_STORE: Final = frozenset({paths.PAYMENTS})
 REDACTED: Final = "(shown once, in the first answer; rotate the secret for a new one)"
 _BARE: Final = re.compile(r"[\x20-\x7e]+")
 _SF_STRING: Final = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')  # RFC 8941

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from payflow.currencies import MINOR_UNITS
 from payflow.models import ALL_EVENT_TYPES, METHODS, PaymentStatus, RefundStatus
-from payflow.validation import (
+from payflow.payments.currencies import MINOR_UNITS
+from payflow.payments.validation import (
     BANK_CODE_RE,
     MAX_AMOUNT,
     MAX_EXPIRY_YEARS_AHEAD,

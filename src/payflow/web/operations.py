@@ -16,7 +16,7 @@ from payflow.web.body import read_json_object
 from payflow.web.params import page_limit, query, reject_unknown
 
 if TYPE_CHECKING:
-    from payflow.web.app import WebContext
+    from payflow.web.context import WebContext
 
 QUEUES_PATH: Final = "/v1/queues"
 DEAD_PATH: Final = "/v1/dead_letters"

@@ -1,5 +1,5 @@
 """``/v1/payments``: create, list, read and cancel; a thin adapter over
-:class:`payflow.intake.Payments`."""
+:class:`payflow.payments.intake.Payments`."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from aiohttp import web
 from payflow import tracing
 from payflow.errors import ValidationError
 from payflow.models import PaymentStatus
-from payflow.validation import validate_payment_request
-from payflow.web import problems
+from payflow.payments.validation import validate_payment_request
+from payflow.web import paths, problems
 from payflow.web.body import read_json_object
 from payflow.web.idempotency import REPLAYED_HEADER
 from payflow.web.params import page_limit, query, time_param
 
 if TYPE_CHECKING:
-    from payflow.web.app import WebContext
+    from payflow.web.context import WebContext
 
-PAYMENTS_PATH: Final = "/v1/payments"
+PAYMENTS_PATH: Final = paths.PAYMENTS
 LIST_PARAMS: Final = ("limit", "starting_after", "status", "created[gte]", "created[lte]")
 
 

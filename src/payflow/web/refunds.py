@@ -1,5 +1,5 @@
 """``POST /v1/payments/{id}/refunds``, ``GET /v1/payments/{id}/refunds`` and
-``GET /v1/refunds/{id}``: a thin adapter over :class:`payflow.intake.Payments`.
+``GET /v1/refunds/{id}``: a thin adapter over :class:`payflow.payments.intake.Payments`.
 
 A refund is accepted (202, ``pending``) once its amount is reserved and its job is on the
 payments queue; a consumer then takes it to ``succeeded`` or ``failed``.
@@ -15,10 +15,10 @@ from payflow.errors import ValidationError
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.params import query, reject_unknown
-from payflow.web.payments import PAYMENTS_PATH
+from payflow.web.paths import PAYMENTS as PAYMENTS_PATH
 
 if TYPE_CHECKING:
-    from payflow.web.app import WebContext
+    from payflow.web.context import WebContext
 
 REFUNDS_PATH: Final = "/v1/refunds"
 

@@ -15,9 +15,9 @@ import structlog
 
 from payflow import metrics
 from payflow.errors import Conflict, NotFound, QueueUnavailable, ValidationError
-from payflow.intake import Push, push_or_refuse
 from payflow.jobs import WebhookJob
 from payflow.models import DeliveryAttempt, EndpointSecret, Event, WebhookEndpoint, now_iso
+from payflow.payments.intake import Push, push_or_refuse
 from payflow.store.base import Store
 from payflow.webhooks import endpoints as eps
 from payflow.webhooks.signing import new_secret

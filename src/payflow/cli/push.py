@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from payflow import cli_status
+from payflow.cli import status as cli_status
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -1,6 +1,6 @@
 """``payflow dead list|replay|purge``: look at and act on the dead-letter lists
 (``{<queue>}:dead``) of a Redis that a daemon uses. The work is done by
-:mod:`payflow.deadletters`; this module is the command line around it."""
+:mod:`payflow.queue.deadletters`; this module is the command line around it."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from payflow.cli_status import NOT_PAYFLOW, never_registered, not_registered_line
+from payflow.cli.status import NOT_PAYFLOW, never_registered, not_registered_line
 from payflow.errors import ConfigError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from payflow.deadletters import DeadEntry
+    from payflow.queue.deadletters import DeadEntry
 
 JOB_SHOWN = 200  # characters of a job shown by `payflow dead list`
 PROGRESS_SECONDS = 0.1  # a progress line is redrawn at most this often
@@ -155,8 +155,8 @@ async def _session(url: str, queues: Sequence[str], action: Action,
 
 
 async def _list(redis: Redis, queues: Sequence[str], args: argparse.Namespace) -> int:
-    from payflow.deadletters import list_dead
     from payflow.queue import keys
+    from payflow.queue.deadletters import list_dead
 
     for n, queue in enumerate(queues):
         if args.json:
@@ -182,8 +182,8 @@ def _entry_json(entry: DeadEntry) -> dict[str, str]:
 
 async def _replay(redis: Redis, queues: Sequence[str], args: argparse.Namespace, *,
                   stderr: TextIO | None = None) -> int:
-    from payflow.deadletters import replay
     from payflow.queue import keys
+    from payflow.queue.deadletters import replay
 
     total = 0
     pending: list[str] | None = None if args.all else list(dict.fromkeys(args.ids))
@@ -208,7 +208,7 @@ async def _replay(redis: Redis, queues: Sequence[str], args: argparse.Namespace,
 
 
 async def _purge(redis: Redis, queues: Sequence[str], args: argparse.Namespace) -> int:
-    from payflow.deadletters import purge
+    from payflow.queue.deadletters import purge
 
     for dead, queue in zip(_dead_keys(queues), queues, strict=True):
         if args.yes:

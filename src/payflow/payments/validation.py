@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from payflow.currencies import normalize_currency
 from payflow.errors import ValidationError
 from payflow.models import METHODS
-from payflow.processor import card_fingerprint
+from payflow.payments.currencies import normalize_currency
+from payflow.payments.processor import card_fingerprint
 
 MIN_AMOUNT: Final = 1
 MAX_AMOUNT: Final = 99_999_999

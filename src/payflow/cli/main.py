@@ -7,7 +7,13 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
-from payflow import __version__, cli_dead, cli_listen, cli_pay, cli_push, cli_status, cli_store
+from payflow import __version__
+from payflow.cli import dead as cli_dead
+from payflow.cli import listen as cli_listen
+from payflow.cli import pay as cli_pay
+from payflow.cli import push as cli_push
+from payflow.cli import status as cli_status
+from payflow.cli import store as cli_store
 from payflow.errors import ConfigError, StartupError
 
 

@@ -1,7 +1,7 @@
 """The payment consumer's handler: a batch of raw jobs in, an :class:`Outcome` per job out.
 
 It prints the seed's console lines (``Job received: …``, ``Webhook job queued: …``); the rules
-of processing live in :mod:`payflow.payments`, which does the store work of the whole batch
+of processing live in :mod:`payflow.payments.service`, which does the store work of the whole batch
 together. Refund jobs (rare, one processor call each) run on their own.
 """
 
@@ -17,7 +17,7 @@ from payflow import tracing
 from payflow.errors import InvalidJob, RetryLater
 from payflow.jobs import PaymentJob, RefundJob, WebhookJob, describe, new_job_id, parse_job
 from payflow.models import Event
-from payflow.payments import PaymentService, Processed
+from payflow.payments.service import PaymentService, Processed
 from payflow.queue.backoff import full_jitter
 from payflow.queue.consumer import DONE, Batch, Outcome, handle_one
 

@@ -34,10 +34,10 @@ from payflow.models import (
     new_refund_id,
     parse_iso,
 )
+from payflow.payments.validation import PaymentRequest
 from payflow.queue.producer import NotSent, Uncertain
 from payflow.store.base import REFUNDABLE, Store, Transition
 from payflow.store.front import StoreFront
-from payflow.validation import PaymentRequest
 
 log = structlog.get_logger("payflow.intake")
 

@@ -14,7 +14,7 @@ from payflow import metrics
 from payflow.errors import InvalidJob, RetryLater
 from payflow.jobs import PaymentJob, RefundJob
 from payflow.models import Event, Payment, PaymentStatus, RefundStatus
-from payflow.processor import ChargeResult, Processor
+from payflow.payments.processor import ChargeResult, Processor
 from payflow.store.base import RefundCompletion, Transition
 from payflow.store.front import StoreFront
 

@@ -1,0 +1,2 @@
+"""The ``payflow`` command: ``main.main`` parses the command line and runs a subcommand (one
+module each)."""
