@@ -668,8 +668,11 @@ def test_dockerfile_entrypoint_and_cmd(
 def test_dockerfile_pip_installs_project(dockerfile: list[Instruction]) -> None:
     runs = [i.args for i in dockerfile if i.keyword == "RUN"]
     commands = [shlex.split(c) for run in runs for c in re.split(r"&&|;|\|\|", run)]
-    installs = [c for c in commands if "pip" in c[:4] and "install" in c and "." in c]
+    installs = [c for c in commands if "pip" in c[:4] and "install" in c
+                and any(arg == "." or arg.startswith(".[") for arg in c)]
     assert installs, f"no `pip install .` among RUN commands: {runs}"
+    # the image runs on uvloop: the fast extra
+    assert any(arg == ".[fast]" for c in installs for arg in c), installs
 
 
 def test_dockerfile_copies_what_the_build_needs(dockerfile: list[Instruction]) -> None:
