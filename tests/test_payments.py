@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -216,13 +217,24 @@ async def test_simulator_test_values(method: str, details: dict[str, Any],
     assert result.succeeded is (outcome is None)
 
 
-async def test_simulator_failure_rate_and_idempotency() -> None:
-    sim = SimulatedProcessor(failure_rate=1.0)
+async def test_simulator_failure_rate() -> None:
     p = Payment(id="pay_1", method="upi")
-    first = await sim.charge(p, idempotency_key="k")
-    assert first.failure_code == "processor_declined"
-    sim_ok = SimulatedProcessor(failure_rate=0.0)
-    assert (await sim_ok.charge(p, idempotency_key="k")).succeeded
+    declined = await SimulatedProcessor(failure_rate=1.0).charge(p, idempotency_key="k")
+    assert declined.failure_code == "processor_declined"
+    assert (await SimulatedProcessor(failure_rate=0.0).charge(p, idempotency_key="k")).succeeded
+
+
+async def test_the_simulator_answers_a_key_it_has_seen_with_the_same_outcome() -> None:
+    # The same simulator, a coin-flip failure rate: a key charged again (a crashed consumer's
+    # payment charged once more) gets its first outcome back, whatever the coin says now,
+    # through charge and through charge_many (which keys by the payment id) alike.
+    sim = SimulatedProcessor(failure_rate=0.5, rng=random.Random(7))
+    payments = [Payment(id=f"pay_{i}", method="upi") for i in range(40)]
+    first = await sim.charge_many(payments)
+    assert {isinstance(r, ChargeResult) and r.succeeded for r in first} == {True, False}
+    for _ in range(5):
+        assert await sim.charge_many(payments) == first
+        assert [await sim.charge(p, idempotency_key=p.id) for p in payments] == first
 
 
 async def test_handler_prints_the_seed_lines_and_pushes_one_webhook_job() -> None:
