@@ -14,6 +14,9 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from urllib.parse import urlsplit
 
+from payflow.urls import EXPECTED as ENDPOINT_URL_EXPECTED
+from payflow.urls import is_endpoint_url
+
 _MAX_SHOWN = 80
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _TRUE = frozenset({"true", "1", "yes"})
@@ -297,13 +300,9 @@ def mask_url(url: str, *, lone_user_is_secret: bool = False) -> str:
 
 # --- webhook endpoints ----------------------------------------------------------------------
 
-ENDPOINT_URL = "an http:// or https:// URL with a host"
+ENDPOINT_URL = ENDPOINT_URL_EXPECTED
 ENDPOINT_KEYS = ("url", "secret", "enabled_events", "description")
 EndpointBuilder = Callable[[str, str | None, tuple[str, ...], str], object]
-
-
-def is_endpoint_url(value: str) -> bool:
-    return url_scheme_ok(value, ("http", "https"), need_host=("http", "https"))
 
 
 class EndpointsRule(Rule):

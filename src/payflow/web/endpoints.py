@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 
+from payflow import urls
 from payflow.errors import ValidationError
 from payflow.models import ALL_EVENT_TYPES, iso
 from payflow.web import problems
@@ -37,24 +37,13 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     app.router.add_post(PATH + "/{id}/recover", h.recover)
 
 
-def _valid_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError when out of range or not a number
-    except ValueError:
-        return False
-    return (parts.scheme in ("http", "https") and bool(parts.hostname)
-            and (port is None or port > 0) and len(url) <= 2048)
-
-
 def _fields(body: dict[str, object], *, creating: bool) -> dict[str, Any]:
     reject_unknown(body, _FIELDS)
     out: dict[str, Any] = {}
     if "url" in body or creating:
         url = body.get("url")
-        if not isinstance(url, str) or not _valid_url(url):
-            raise ValidationError("url must be an http:// or https:// URL with a host (and a "
-                                  "port from 1 to 65535, if any).", param="url",
+        if not isinstance(url, str) or not urls.is_endpoint_url(url):
+            raise ValidationError(f"url must be {urls.EXPECTED}.", param="url",
                                   code="invalid_url")
         out["url"] = url
     if "enabled_events" in body:

@@ -40,6 +40,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
+from payflow import urls
+
 if TYPE_CHECKING:
     from aiohttp.tracing import Trace
 
@@ -277,8 +279,9 @@ def make_connector(policy: AddressPolicy, *, limit: int = 100,
 
 
 def check_url(url: str, policy: AddressPolicy) -> None:
-    """Refuse, before any connection, a scheme other than http/https, a URL without a host, a
-    refused IP-literal host and legacy numeric IPv4 forms. Names are checked when resolved."""
+    """Refuse, before any connection, a scheme other than http/https, a URL without a host, one
+    the API would not take as an endpoint's (``urls.endpoint_url_error``), a refused IP-literal
+    host and legacy numeric IPv4 forms. Names are checked when resolved."""
     try:
         parsed = URL(url)
     except ValueError as err:
@@ -290,6 +293,8 @@ def check_url(url: str, policy: AddressPolicy) -> None:
     host = parsed.host
     if not host:
         raise SSRFRefused("", None, f"{url!r} has no host")
+    if (error := urls.endpoint_url_error(url)) is not None:  # what the API would refuse too
+        raise SSRFRefused(host, None, f"{url!r} is not a webhook URL: {error}")
     ip = _parse_ip(_bare(host))
     if ip is not None and (exc := policy.refuse(host, ip)) is not None:
         raise exc
