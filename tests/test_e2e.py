@@ -301,25 +301,46 @@ def test_version_and_help() -> None:
         assert flag in helptext.stdout
 
 
-def test_second_sigint_exits_at_once_and_loses_nothing(
+def test_a_second_sigint_cuts_the_grace_short_and_a_third_exits_at_once(
         make_daemon: Callable[..., Daemon], redis_server: RedisServer) -> None:
-    d = make_daemon(redis_server.url, PAYFLOW_PROCESSOR_LATENCY_MS="20000",
-                    PAYFLOW_SHUTDOWN_GRACE_SECONDS="60", PAYFLOW_WORKERS_PAYMENTS="1",
-                    PAYFLOW_QUEUE_BATCH_SIZE="3")
     jobs = [f"process_payment:pay_i{i}:upi" for i in range(10)]
+    env = {"PAYFLOW_PROCESSOR_LATENCY_MS": "20000", "PAYFLOW_SHUTDOWN_GRACE_SECONDS": "60",
+           "PAYFLOW_WORKERS_PAYMENTS": "1", "PAYFLOW_QUEUE_BATCH_SIZE": "3"}
+    r = redis.Redis(port=redis_server.port)
+    # Second SIGINT: no waiting out the 60 s grace, but cleanup runs: the jobs in flight go
+    # back to the queue, the daemon deregisters, the buffered log lines are written, exit 130.
+    d = make_daemon(redis_server.url, **env)
     lpush(redis_server.port, "payflow_jobs", *jobs)
     d.wait_for("Processing payment:", count=1)
     d.send(signal.SIGINT)
     d.wait_for("daemon.stopping")
     started = time.monotonic()
-    assert d.stop(signal.SIGINT, timeout=10) == 130
-    assert time.monotonic() - started < 5  # did not wait for the 60 s grace
-    assert "daemon.forced_exit" in d.output()
-    r = redis.Redis(port=redis_server.port)
-    held = [j.decode() for k in r.keys("{payflow_jobs}:processing:*")
-            for j in cast(list[bytes], r.lrange(k, 0, -1))]
+    assert d.stop(signal.SIGINT, timeout=15) == 130
+    assert time.monotonic() - started < 5
+    out = d.output()
+    assert "daemon.hurrying" in out and "daemon.requeued" in out and "daemon.stopped" in out
+    assert r.keys("{payflow_jobs}:processing:*") == []
     queued = [j.decode() for j in cast(list[bytes], r.lrange("payflow_jobs", 0, -1))]
-    assert held and sorted(held + queued) == sorted(jobs)  # unacked jobs stay in Redis
+    assert sorted(queued) == sorted(jobs)  # every one back, none processed
+    assert r.hkeys("payflow:daemons") == []
+    # A third SIGINT while that cleanup hangs (Redis frozen): out at once.
+    r.delete("payflow_jobs")
+    d = make_daemon(redis_server.url, **env)
+    lpush(redis_server.port, "payflow_jobs", *jobs)
+    d.wait_for("Processing payment:", count=1)
+    d.send(signal.SIGINT)
+    d.wait_for("daemon.stopping")
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        d.send(signal.SIGINT)
+        d.wait_for("daemon.hurrying")
+        started = time.monotonic()
+        assert d.stop(signal.SIGINT, timeout=10) == 130
+        assert time.monotonic() - started < 3
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert "daemon.forced_exit" in d.output()
     r.close()
 
 

@@ -103,6 +103,8 @@ class Daemon:
         self.config = config
         self.id = config.daemon.id or new_daemon_id()
         self.stop = asyncio.Event()
+        self.hurry = asyncio.Event()  # a second SIGINT: the grace period is cut short
+        self.exit_code = 0
         self._embedded: EmbeddedRedis | None = None
         self._clients: list[Redis] = []
         self._queues: list[QueueClient] = []
@@ -110,13 +112,23 @@ class Daemon:
 
     def request_stop(self, signame: str) -> None:
         if self.stop.is_set():
-            if signame == "SIGINT":
-                log.warning("daemon.forced_exit",
-                            detail="second SIGINT: exiting now; unacknowledged jobs stay in "
-                                   "their processing lists")
-                logs.flush()  # os._exit skips atexit: no buffered line is dropped
-                os._exit(130)
-            return
+            if signame != "SIGINT":
+                return
+            if not self.hurry.is_set():
+                log.warning("daemon.hurrying",
+                            detail="second SIGINT: the grace period is cut short; jobs in "
+                                   "flight go back to their queues; a third SIGINT exits now")
+                self.exit_code = 130
+                self.hurry.set()
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                self._deadline = hard_deadline(self.config.shutdown.cleanup_seconds, code=130)
+                return
+            log.warning("daemon.forced_exit",
+                        detail="third SIGINT: exiting now; unacknowledged jobs stay in their "
+                               "processing lists (the reaper, or the next start, recovers them)")
+            logs.flush()  # os._exit skips atexit: no buffered line is dropped
+            os._exit(130)
         log.info("daemon.stopping", signal=signame)
         self.stop.set()
         # after the grace period, cleanup (requeueing what is left, closing connections) gets
@@ -171,7 +183,7 @@ class Daemon:
             if self._deadline is not None:  # cleaned up in time
                 self._deadline.cancel()
         log.info("daemon.stopped", daemon_id=self.id)
-        return 0
+        return self.exit_code
 
     async def _serve(self, url: str, st: Store) -> None:
         cfg = self.config
@@ -317,7 +329,7 @@ class Daemon:
                 self.stop)))
             await self.stop.wait()
             ctx.stopping.set()  # intake: 503 from now on
-            _, late = await asyncio.wait(tasks, timeout=cfg.shutdown.grace_seconds)
+            late = await self._grace(tasks, cfg.shutdown.grace_seconds)
             if late:
                 log.warning("daemon.grace_expired", cancelled=len(late),
                             grace_seconds=cfg.shutdown.grace_seconds)
@@ -353,6 +365,23 @@ class Daemon:
             except (RedisError, OSError) as exc:
                 log.warning("sweeper.failed", error=f"{type(exc).__name__}: {exc}")
             await wait_or_stop(self.stop, SWEEP_INTERVAL_MS / 1000)
+
+    async def _grace(self, tasks: Sequence[asyncio.Task[None]], seconds: float
+                     ) -> set[asyncio.Task[None]]:
+        """Wait up to ``seconds`` for ``tasks`` to finish, or until a second SIGINT; the ones
+        still running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        hurry = asyncio.ensure_future(self.hurry.wait())
+        try:
+            pending = {t for t in tasks if not t.done()}
+            while pending and not self.hurry.is_set() and (left := deadline - loop.time()) > 0:
+                await asyncio.wait([*pending, hurry], timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                pending = {t for t in pending if not t.done()}
+            return pending
+        finally:
+            hurry.cancel()
 
     async def _register(self, liveness: Liveness) -> bool:
         """Recover this id's leftovers and register, waiting for Redis if it is away (the HTTP
