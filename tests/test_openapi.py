@@ -282,7 +282,19 @@ def test_security_matches_the_open_paths() -> None:
 
 
 def test_documented_limits_match_the_code() -> None:
-    assert DOCUMENTED_REQUEST_ID_LENGTH == MAX_REQUEST_ID_LENGTH
+    from payflow.models import DELIVERY_OUTCOMES, MAX_ENDPOINT_DESCRIPTION
+    from payflow.payments.validation import CARD_BRANDS
+    from payflow.web.openapi import document
+
+    doc = document("test")
+    parts = doc["components"]
+    header = parts["parameters"]["RequestId"]["schema"]
+    assert header["maxLength"] == DOCUMENTED_REQUEST_ID_LENGTH == MAX_REQUEST_ID_LENGTH
+    schemas = parts["schemas"]
+    assert schemas["CardDetails"]["properties"]["brand"]["enum"] == list(CARD_BRANDS)
+    assert schemas["DeliveryAttempt"]["properties"]["outcome"]["enum"] == list(DELIVERY_OUTCOMES)
+    assert (schemas["WebhookEndpointCreate"]["properties"]["description"]["maxLength"]
+            == MAX_ENDPOINT_DESCRIPTION)
 
 
 def test_document_is_served_without_an_api_key(live: Live, http: requests.Session) -> None:

@@ -286,6 +286,13 @@ class WebhookEndpoint:
         }
 
 
+# What became of a delivery attempt (DeliveryAttempt.outcome); the failed ones.
+DELIVERY_OUTCOMES: tuple[str, ...] = ("succeeded", "retrying", "dead", "refused", "disabled",
+                                      "skipped")
+FAILED_DELIVERY_OUTCOMES = frozenset({"retrying", "dead", "refused", "disabled"})
+MAX_ENDPOINT_DESCRIPTION = 500  # characters of a webhook endpoint's description
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class DeliveryAttempt:
     """One try at delivering one event to one endpoint, kept for ``/v1/events/{id}/attempts``.

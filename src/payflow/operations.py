@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from payflow.errors import NotFound, QueueUnavailable, ValidationError
-from payflow.models import Event, iso
+from payflow.models import FAILED_DELIVERY_OUTCOMES, Event, iso
 from payflow.queue import deadletters, keys
 from payflow.queue.deadletters import DeadEntry
 from payflow.queue.liveness import RATE_OUTCOMES, RATE_WINDOW_SECONDS
@@ -39,7 +39,7 @@ __all__ = ["ENTRY_ID", "FAILED_OUTCOMES", "HEALTH_WINDOW_HOURS", "Operations", "
 ENTRY_ID: Final = re.compile(r"[0-9a-f]{12}")  # deadletters.entry_id
 HEALTH_WINDOW_HOURS: Final = 24
 # Attempts that count against an endpoint ("skipped": it was disabled, nothing was sent).
-FAILED_OUTCOMES: Final = frozenset({"retrying", "dead", "refused", "disabled"})
+FAILED_OUTCOMES: Final = FAILED_DELIVERY_OUTCOMES
 EVENTS_SCANNED: Final = 10_000  # events looked at to find those of one payment
 _PAGE: Final = 500
 _REDIS_ERRORS: Final = (RedisError, OSError)

@@ -201,8 +201,11 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+CARD_BRANDS: Final = ("visa", "mastercard", "amex", "rupay", "unknown")
+
+
 def card_brand(number: str) -> str:
-    """visa, mastercard, amex, rupay or unknown, from the number's leading digits."""
+    """One of :data:`CARD_BRANDS`, from the number's leading digits."""
     if number.startswith("4"):
         return "visa"
     if number[:2] in ("34", "37"):

@@ -44,7 +44,7 @@ from payflow.web.server import guard_of
 log = structlog.get_logger("payflow.web")
 
 REQUEST_ID_HEADER: Final = "Request-Id"
-MAX_REQUEST_ID_LENGTH: Final = 200
+MAX_REQUEST_ID_LENGTH: Final = problems.MAX_REQUEST_ID_LENGTH
 _SANE_REQUEST_ID: Final = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 # Paths that still answer while the daemon stops (liveness: the process is alive).
 _ALWAYS_OPEN: Final = frozenset({"/healthz"})

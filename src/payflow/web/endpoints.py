@@ -11,7 +11,7 @@ from aiohttp import web
 
 from payflow import urls
 from payflow.errors import ValidationError
-from payflow.models import ALL_EVENT_TYPES, iso
+from payflow.models import ALL_EVENT_TYPES, MAX_ENDPOINT_DESCRIPTION, iso
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.params import parse_time, query, reject_unknown
@@ -57,8 +57,9 @@ def _fields(body: dict[str, object], *, creating: bool) -> dict[str, Any]:
         out["enabled_events"] = tuple(dict.fromkeys(events))
     if "description" in body:
         text = body["description"]
-        if not isinstance(text, str) or len(text) > 500:
-            raise ValidationError("description must be a string of at most 500 characters.",
+        if not isinstance(text, str) or len(text) > MAX_ENDPOINT_DESCRIPTION:
+            raise ValidationError(f"description must be a string of at most "
+                                  f"{MAX_ENDPOINT_DESCRIPTION} characters.",
                                   param="description", code="invalid_description")
         out["description"] = text
     if "disabled" in body:

@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from payflow.models import ALL_EVENT_TYPES, METHODS, PaymentStatus, RefundStatus
+from payflow.models import (
+    ALL_EVENT_TYPES,
+    DELIVERY_OUTCOMES,
+    MAX_ENDPOINT_DESCRIPTION,
+    METHODS,
+    PaymentStatus,
+    RefundStatus,
+)
 from payflow.payments.currencies import MINOR_UNITS
 from payflow.payments.validation import (
     BANK_CODE_RE,
+    CARD_BRANDS,
     MAX_AMOUNT,
     MAX_EXPIRY_YEARS_AHEAD,
     MAX_METADATA_KEY_LENGTH,
@@ -25,13 +33,10 @@ from payflow.payments.validation import (
 )
 from payflow.web.endpoints import EVENT_NAMES
 from payflow.web.idempotency import MAX_KEY_LENGTH
-from payflow.web.problems import PROBLEM_BASE
+from payflow.web.problems import MAX_REQUEST_ID_LENGTH, PROBLEM_BASE
 
 Schema = dict[str, Any]
 
-MAX_ENDPOINT_DESCRIPTION: Final = 500  # payflow.web.endpoints._fields
-MAX_REQUEST_ID_LENGTH: Final = 200  # payflow.web.app (not imported: app imports this module)
-DELIVERY_OUTCOMES: Final = ("succeeded", "retrying", "dead", "refused", "disabled", "skipped")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -363,8 +368,7 @@ def schemas() -> dict[str, Schema]:
         "Payment": _payment(),
         "PaymentList": list_of("Payment", url="/v1/payments"),
         "UpiDetails": obj({"vpa": string()}),
-        "CardDetails": obj({"brand": {"enum": ["visa", "mastercard", "amex", "rupay",
-                                               "unknown"]},
+        "CardDetails": obj({"brand": {"enum": list(CARD_BRANDS)},
                             "last4": string(pattern="^[0-9]{4}$"),
                             "exp_month": integer(minimum=1, maximum=12),
                             "exp_year": integer(),

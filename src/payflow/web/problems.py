@@ -84,6 +84,9 @@ class Problem(Exception):
         )
 
 
+MAX_REQUEST_ID_LENGTH: Final = 200  # a client's Request-Id longer than this is replaced
+
+
 def dumps(data: object) -> bytes:
     """Compact UTF-8 JSON (orjson; the standard library's encoder for what orjson refuses,
     such as an integer past 64 bits)."""
