@@ -62,7 +62,7 @@ from payflow.web.auth import ALWAYS_OPEN
 from payflow.web.context import WebContext
 from payflow.web.idempotency import Idempotency
 from payflow.web.openapi import document
-from payflow.web.openapi_schemas import MAX_REQUEST_ID_LENGTH as DOCUMENTED_REQUEST_ID_LENGTH
+from payflow.web.problems import MAX_REQUEST_ID_LENGTH as DOCUMENTED_REQUEST_ID_LENGTH
 
 KEY: Final = ApiKeyConfig(name="schemathesis", secret="sk_test_openapi_0123456789")
 AUTH: Final = {"Authorization": f"Bearer {KEY.secret}"}
