@@ -69,6 +69,15 @@ MODULES: dict[str, Module] = {
                    args=("-k", "not memory")),
     "pg_sql": _m("src/payflow/store/pg_sql.py", "test_store_contract.py", "test_postgres.py",
                  "test_pg_sql_mutants.py", args=("-k", "not memory")),
+    "consumer": _m("src/payflow/queue/consumer.py", "test_consumer.py", "test_queue.py",
+                   "test_consumer_mutants.py"),
+    "payments": _m("src/payflow/payments/service.py", "test_payments.py",
+                   "test_store_contract.py", "test_payments_mutants.py",
+                   args=("-k", "not store_contract or memory")),
+    "handler": _m("src/payflow/payments/handler.py", "test_payments.py", "test_tracing.py",
+                  "test_payments_mutants.py"),
+    "sender": _m("src/payflow/webhooks/sender.py", "test_webhook_sender.py", "test_tracing.py",
+                 "test_sender_mutants.py"),
     "lua.fetch": _m(f"{LUA_DIR}/fetch.lua", "test_queue.py"),
     "lua.settle": _m(f"{LUA_DIR}/settle.lua", "test_queue.py", "test_lua_mutants.py"),
     "lua.promote": _m(f"{LUA_DIR}/promote.lua", "test_queue.py", "test_lua_mutants.py"),
@@ -150,6 +159,13 @@ def _base_mutmut_config() -> dict[str, object]:
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
     config: dict[str, object] = dict(data.get("tool", {}).get("mutmut", {}))
+    # pyproject's patterns leave out the calls of the module's logger (`log.info(...)`); those
+    # of a logger bound to an object (the consumer's `self.log.warning(...)`) are log calls too
+    patterns = config.get("do_not_mutate_patterns")
+    if isinstance(patterns, list):
+        config["do_not_mutate_patterns"] = [
+            *patterns, *(p.replace(r"^\s*log\.", r"^\s*self\.log\.") for p in patterns
+                         if p.startswith(r"^\s*log\."))]
     return config
 
 
