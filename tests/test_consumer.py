@@ -311,3 +311,7 @@ def test_what_counts_as_an_outage() -> None:
     assert is_outage(asyncpg.exceptions.CannotConnectNowError("starting up"))
     assert not is_outage(asyncpg.exceptions.UniqueViolationError("duplicate"))
     assert not is_outage(ValueError("a bug"))
+    from payflow.webhooks.ssrf import SSRFRefused
+
+    assert not is_outage(SSRFRefused("h", "10.0.0.1", "private"))  # a verdict, not an outage
+    assert is_outage(OSError(5, "Input/output error"))

@@ -87,11 +87,14 @@ class RefundDone:
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says that a store (or the network to it) is away, rather than that a
-    job or its data is wrong: a job that met it is retried later, never dead-lettered. OS and
-    timeout errors; from asyncpg, connection errors (SQLSTATE classes 08, 53 insufficient
-    resources, 57 operator intervention) and the client's lost-connection errors."""
-    if isinstance(exc, OSError | TimeoutError):
+    job or its data is wrong: a job that met it is retried later, never dead-lettered.
+    Connection, timeout and system-call (errno) errors; from asyncpg, connection errors
+    (SQLSTATE classes 08, 53 insufficient resources, 57 operator intervention) and the
+    client's lost-connection errors."""
+    if isinstance(exc, ConnectionError | TimeoutError):
         return True
+    if isinstance(exc, OSError):  # a system call's error; not an OSError raised as a verdict
+        return exc.errno is not None  # (the SSRF guard's refusals carry no errno)
     kind = type(exc)
     if not kind.__module__.startswith("asyncpg"):
         return False
