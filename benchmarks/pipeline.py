@@ -436,18 +436,20 @@ class Bench:
         (d,) = await self.start_daemons(1, tag, log_sink=False)
         try:
             await self.receiver_reset(await d.create_endpoint(self.http, hook))
-            cpu = d.proc.cpu_seconds()
+            assert self.receiver is not None
+            cpu, receiver_cpu = d.proc.cpu_seconds(), self.receiver.cpu_seconds()
             started = time.perf_counter()
             self.push(count)
-            assert self.receiver is not None
             await self.wait_received(count, max(60.0, count / 150), [d.proc, self.receiver])
             took = time.perf_counter() - started
             cpu = d.proc.cpu_seconds() - cpu
+            receiver_cpu = self.receiver.cpu_seconds() - receiver_cpu
             stats = await self.receiver_stats()
         finally:
             self.stop_daemons([d])
         return {"rate": count / took, "cpu": cpu * 1e6 / count, "seconds": took,
-                "rejected": stats["rejected"], "duplicates": stats["duplicates"]}
+                "receiver_cpu": receiver_cpu * 1e6 / count, "rejected": stats["rejected"],
+                "duplicates": stats["duplicates"]}
 
     async def intake_once(self, tag: str) -> Sample:
         self.flush()
@@ -699,7 +701,8 @@ async def measure(bench: Bench, name: str) -> None:
         bench.rates[name] = statistics.median(s["rate"] for s in samples)
         line(name, f"{hn} legacy jobs, webhooks POSTed to a verifying receiver: "
                    f"{spread(samples, 'rate', 'payments/s')}; daemon CPU "
-                   f"{spread(samples, 'cpu', 'µs/payment')}"
+                   f"{spread(samples, 'cpu', 'µs/payment')}; the receiver's CPU "
+                   f"{spread(samples, 'receiver_cpu', 'µs/payment')}"
                    + notes(samples, rejected="rejected", duplicates="duplicates"))
     elif name == "intake":
         samples = await bench.repeat(name, bench.intake_once)

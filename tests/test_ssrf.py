@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Sequence
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from structlog.testing import capture_logs
 from yarl import URL
 
@@ -29,9 +28,10 @@ from payflow.webhooks.ssrf import (
     SSRFRefused,
     check_destination,
     check_url,
-    make_connector,
     refusal_in,
 )
+from payflow.webhooks.transport import Transport, make_transport
+from resolvers import StubResolver
 
 LOCAL = ["127.0.0.0/8", "::1/128"]
 
@@ -276,27 +276,6 @@ async def test_seeding_warns_about_refused_config_endpoints_but_keeps_them() -> 
     assert not [e for e in logs if e["event"] == "webhook.endpoint_refused"]
 
 
-class StubResolver(AbstractResolver):
-    """Answers from a table; counts lookups. Never touches real DNS."""
-
-    def __init__(self, table: dict[str, Sequence[str]]) -> None:
-        self.table = table
-        self.calls: list[str] = []
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        self.calls.append(host)
-        if host not in self.table:
-            raise OSError(None, f"no such host {host}")
-        return [ResolveResult(hostname=host, host=address, port=port,
-                              family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                              proto=0, flags=socket.AI_NUMERICHOST)
-                for address in self.table[host]]
-
-    async def close(self) -> None:
-        pass
-
-
 async def test_guarded_resolver_keeps_only_allowed_addresses() -> None:
     stub = StubResolver({"mixed.test": ["10.0.0.7", "93.184.216.34", "fd12::1",
                                         "2606:4700:4700::1111"],
@@ -381,54 +360,51 @@ async def server() -> AsyncIterator[Server]:
         await srv.stop()
 
 
-async def post(connector: aiohttp.BaseConnector, url: str) -> int:
-    async with aiohttp.ClientSession(connector=connector) as session, \
-            session.post(url, data=b"{}", allow_redirects=False) as resp:
-        await resp.read()
-        return resp.status
+async def post(transport: Transport, url: str) -> int:
+    """One POST through ``transport`` (then closed): the answer's status."""
+    try:
+        return (await transport.post(url, b"", b"{}", cap=100)).status
+    finally:
+        await transport.close()
 
 
 async def test_localhost_is_refused_before_connecting(server: Server) -> None:
     url = f"http://localhost:{server.port}/"
     check_url(url, AddressPolicy([]))  # a name: nothing to say until it is resolved
-    with pytest.raises(aiohttp.ClientConnectorError) as info:
-        await post(make_connector(AddressPolicy([])), url)
-    refused = refusal_in(info.value)
-    assert refused is not None, info.value
+    with pytest.raises(SSRFRefused) as info:
+        await post(make_transport(AddressPolicy([])), url)
+    refused = info.value
     assert refused.host == "localhost"
     assert refused.reason.startswith("localhost resolves to ")
     assert "a loopback address" in refused.reason
     assert server.hits == []  # no connection was made
     # getaddrinfo maps the hex form onto 127.0.0.1 (numerically, no DNS): the guard sees that
-    with pytest.raises(aiohttp.ClientConnectorError) as info:
-        await post(make_connector(AddressPolicy([])), f"http://0x7f.0.0.1:{server.port}/")
-    refused = refusal_in(info.value)
-    assert refused is not None and refused.address == "127.0.0.1", info.value
+    with pytest.raises(SSRFRefused) as info:
+        await post(make_transport(AddressPolicy([])), f"http://0x7f.0.0.1:{server.port}/")
+    assert info.value.address == "127.0.0.1", info.value
     assert server.hits == []
 
 
-async def test_ip_literal_is_refused_by_check_url_and_connector(server: Server) -> None:
+async def test_ip_literal_is_refused_by_check_url_and_transport(server: Server) -> None:
     url = f"http://127.0.0.1:{server.port}/"
     with pytest.raises(SSRFRefused, match=re.escape("127.0.0.1 is a loopback address")):
         check_url(url, AddressPolicy([]))
-    # aiohttp skips the resolver for IP literals; the connector checks them itself
-    with pytest.raises(aiohttp.ClientConnectorError) as info:
-        await post(make_connector(AddressPolicy([])), url)
-    refused = refusal_in(info.value)
-    assert refused is not None and refused.address == "127.0.0.1"
+    # an IP literal needs no resolver: the transport checks it itself
+    with pytest.raises(SSRFRefused) as info:
+        await post(make_transport(AddressPolicy([])), url)
+    assert info.value.address == "127.0.0.1"
     assert server.hits == []
 
 
-async def test_a_trailing_dot_ip_is_that_address_for_the_connector(server: Server) -> None:
+async def test_a_trailing_dot_ip_is_that_address_for_the_transport(server: Server) -> None:
     """``127.0.0.1.`` is refused as 127.0.0.1 (not looked up in DNS, which fails and would
     be retried), and when allowed it connects to 127.0.0.1."""
     url = f"http://127.0.0.1.:{server.port}/"
-    with pytest.raises(aiohttp.ClientConnectorError) as info:
-        await post(make_connector(AddressPolicy([])), url)
-    refused = refusal_in(info.value)
-    assert refused is not None and refused.address == "127.0.0.1", info.value
+    with pytest.raises(SSRFRefused) as info:
+        await post(make_transport(AddressPolicy([])), url)
+    assert info.value.address == "127.0.0.1", info.value
     assert server.hits == []
-    assert await post(make_connector(AddressPolicy(LOCAL)), url) == 200
+    assert await post(make_transport(AddressPolicy(LOCAL)), url) == 200
     assert len(server.hits) == 1
 
 
@@ -437,33 +413,31 @@ async def test_allow_networks_reach_the_server(server: Server) -> None:
     for host in ("localhost", "127.0.0.1"):
         url = f"http://{host}:{server.port}/"
         check_url(url, policy)
-        assert await post(make_connector(policy), url) == 200
+        assert await post(make_transport(policy), url) == 200
     assert len(server.hits) == 2
 
 
 async def test_connects_only_to_the_checked_address(server: Server) -> None:
-    """The connector uses exactly the addresses the guard returned, from one lookup: a decoy
+    """The transport uses exactly the addresses the guard returned, from one lookup: a decoy
     on the refused 127.0.0.2 (same port) is never tried though the stub lists it first, and a
-    second request is served from aiohttp's cache of the filtered answer."""
+    second connection is made from the transport's cache of the filtered answer."""
     decoy = Server()
     decoy.port = server.port
     await decoy.start("127.0.0.2")
     stub = StubResolver({"pinned.test": ["127.0.0.2", "127.0.0.1"]})
-    connector = make_connector(AddressPolicy(["127.0.0.1/32"]), inner_resolver=stub)
+    transport = make_transport(AddressPolicy(["127.0.0.1/32"]), inner_resolver=stub)
     url = f"http://pinned.test:{server.port}/"
-    close = {"Connection": "close"}  # each request opens a new connection (no pooled reuse)
+    close = b"Connection: close\r\n"  # each request opens a new connection (no pooled reuse)
     try:
-        async with aiohttp.ClientSession(connector=connector, headers=close) as session:
-            for _ in range(2):
-                async with session.post(url, data=b"{}") as resp:
-                    assert resp.status == 200
-            assert stub.calls == ["pinned.test"]  # the second connection used the cache
-            connector.clear_dns_cache()
-            stub.table["pinned.test"] = ["127.0.0.2"]  # the name "rebinds" to a refused address
-            with pytest.raises(aiohttp.ClientConnectorError) as info:
-                async with session.post(url, data=b"{}"):
-                    pass
+        for _ in range(2):
+            assert (await transport.post(url, close, b"{}", cap=10)).status == 200
+        assert stub.calls == ["pinned.test"]  # the second connection used the cache
+        transport.clear_dns_cache()
+        stub.table["pinned.test"] = ["127.0.0.2"]  # the name "rebinds" to a refused address
+        with pytest.raises(SSRFRefused) as info:
+            await transport.post(url, close, b"{}", cap=10)
     finally:
+        await transport.close()
         await decoy.stop()
     assert stub.calls == ["pinned.test", "pinned.test"]
     assert server.hits == [f"pinned.test:{server.port}"] * 2

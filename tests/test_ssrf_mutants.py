@@ -12,7 +12,6 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Sequence
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -25,9 +24,9 @@ from payflow.webhooks.ssrf import (
     _table,
     check_destination,
     check_url,
-    make_connector,
     refusal_in,
 )
+from payflow.webhooks.transport import make_transport
 
 HINT = "to [webhooks] allow_networks to allow it"
 
@@ -134,9 +133,9 @@ async def test_the_resolver_closes_only_the_inner_resolver_it_owns() -> None:
     assert created.closed
 
 
-async def test_the_connector_keeps_its_limit() -> None:
-    default = make_connector(AddressPolicy([]))
-    seven = make_connector(AddressPolicy([]), limit=7)
+async def test_the_transport_keeps_its_limit() -> None:
+    default = make_transport(AddressPolicy([]))
+    seven = make_transport(AddressPolicy([]), limit=7)
     try:
         assert (default.limit, seven.limit) == (100, 7)
     finally:
@@ -150,7 +149,7 @@ async def local_server() -> AsyncIterator[int]:
         return web.Response(text="ok")
 
     app = web.Application()
-    app.router.add_get("/", ok)
+    app.router.add_post("/", ok)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -163,10 +162,12 @@ async def local_server() -> AsyncIterator[int]:
 async def test_an_allowed_trailing_dot_literal_connects_without_a_lookup(local_server: int
                                                                        ) -> None:
     inner = Recorder(["127.0.0.1"])
-    connector = make_connector(AddressPolicy(["127.0.0.0/8"]), inner_resolver=inner)
-    async with aiohttp.ClientSession(connector=connector) as session, \
-            session.get(f"http://127.0.0.1.:{local_server}/") as resp:
-        assert resp.status == 200
+    transport = make_transport(AddressPolicy(["127.0.0.0/8"]), inner_resolver=inner)
+    try:
+        answer = await transport.post(f"http://127.0.0.1.:{local_server}/", b"", b"", cap=10)
+    finally:
+        await transport.close()
+    assert answer.status == 200
     assert inner.calls == []
 
 

@@ -9,10 +9,10 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -35,7 +35,8 @@ from payflow.web.app import create_app
 from payflow.web.context import WebContext
 from payflow.webhooks.delivery import HttpDelivery, LogSink
 from payflow.webhooks.sender import RetryPolicy, WebhookHandler
-from payflow.webhooks.ssrf import AddressPolicy, make_connector
+from payflow.webhooks.ssrf import AddressPolicy
+from payflow.webhooks.transport import make_transport
 
 UPI_BODY: dict[str, Any] = {"amount": 49900, "currency": "inr", "method": "upi",
                             "upi": {"vpa": "asha@okhdfc"}}
@@ -222,8 +223,8 @@ async def test_each_http_attempt_is_a_span_and_sends_its_traceparent(
     raw = await traced.post()
     [webhook] = (await traced.process(raw)).push
     guard = AddressPolicy(("127.0.0.0/8",))
-    async with aiohttp.ClientSession(connector=make_connector(guard)) as session:
-        http = HttpDelivery(session, timeout=2.0, policy=guard)
+    async with aclosing(HttpDelivery(make_transport(guard), timeout=2.0,
+                                     policy=guard)) as http:
         outcome = await traced.deliver(webhook, http, sink=False)
 
     found = by_name(spans)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -31,7 +30,8 @@ from payflow.store.memory import MemoryStore
 from payflow.webhooks.delivery import HttpDelivery, LogSink
 from payflow.webhooks.sender import RetryPolicy, WebhookHandler
 from payflow.webhooks.signing import sign
-from payflow.webhooks.ssrf import AddressPolicy, make_connector
+from payflow.webhooks.ssrf import AddressPolicy
+from payflow.webhooks.transport import make_transport
 
 SCHEDULE = (5.0, 300.0, 1800.0)
 POLICY = RetryPolicy(schedule=SCHEDULE, max_attempts=4)
@@ -78,7 +78,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 @pytest.fixture
 async def make_handler() -> AsyncIterator[Callable[..., Any]]:
-    sessions: list[aiohttp.ClientSession] = []
+    deliveries: list[HttpDelivery] = []
 
     async def make(*endpoints: WebhookEndpoint, sink: bool = False, failure_rate: float = 0.0,
                    allow: tuple[str, ...] = ("127.0.0.0/8",), timeout: float = 2.0,
@@ -92,17 +92,17 @@ async def make_handler() -> AsyncIterator[Callable[..., Any]]:
         await store.create_payments([PAYMENT])
         await store.add_events([EVENT])
         guard = AddressPolicy(allow)
-        session = aiohttp.ClientSession(connector=make_connector(guard))
-        sessions.append(session)
+        http = HttpDelivery(make_transport(guard), timeout=timeout, policy=guard)
+        deliveries.append(http)
         handler = WebhookHandler(store=StoreFront(store),
-                                 http=HttpDelivery(session, timeout=timeout, policy=guard),
+                                 http=http,
                                  sink=LogSink(failure_rate=failure_rate) if sink else None,
                                  policy=POLICY, max_job_bytes=65536, disable_after=disable_after)
         return handler, store
 
     yield make
-    for session in sessions:
-        await session.close()
+    for http in deliveries:
+        await http.aclose()
 
 
 def endpoint(base: str, name: str, **kw: Any) -> WebhookEndpoint:

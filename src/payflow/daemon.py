@@ -18,7 +18,6 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
-import aiohttp
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
@@ -57,7 +56,8 @@ from payflow.webhooks.delivery import HttpDelivery, LogSink
 from payflow.webhooks.endpoints import seed_endpoints
 from payflow.webhooks.outbox import sweep_once, sweep_pending
 from payflow.webhooks.sender import RetryPolicy, WebhookHandler
-from payflow.webhooks.ssrf import AddressPolicy, make_connector
+from payflow.webhooks.ssrf import AddressPolicy
+from payflow.webhooks.transport import make_transport
 
 log = structlog.get_logger("payflow.daemon")
 
@@ -232,14 +232,15 @@ class Daemon:
         payments = PaymentHandler(PaymentService(front, processor,
                                                  max_attempts=cfg.processor.max_attempts),
                                   max_job_bytes=cfg.queue.max_job_bytes)
-        session = aiohttp.ClientSession(connector=make_connector(guard, limit=100))
+        http = HttpDelivery(make_transport(guard, limit=100),
+                            timeout=cfg.webhooks.timeout_seconds, policy=guard)
         try:
             log_sink = cfg.webhooks.log_sink
             if log_sink is None:  # auto: the seed's walk-through with the embedded Redis
                 log_sink = cfg.redis.url == "embedded"
             webhooks = WebhookHandler(
                 store=front,
-                http=HttpDelivery(session, timeout=cfg.webhooks.timeout_seconds, policy=guard),
+                http=http,
                 sink=(LogSink(failure_rate=cfg.webhooks.simulate_failure_rate) if log_sink
                       else None),
                 policy=RetryPolicy(schedule=cfg.webhooks.retry_schedule,
@@ -254,7 +255,7 @@ class Daemon:
             finally:
                 await runner.cleanup()
         finally:
-            await session.close()
+            await http.aclose()
 
     async def _start_http(self, runner: web.AppRunner) -> None:
         cfg = self.config

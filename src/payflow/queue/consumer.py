@@ -211,29 +211,48 @@ class Consumer:
         receiver taking its time) holds back neither the acks nor the fetching of others."""
         loop = asyncio.get_running_loop()
         running: dict[asyncio.Future[Outcome], bytes] = {}
+        # Finished tasks are collected by a done callback rather than by asyncio.wait, which
+        # would add and remove a callback on every running task at each wake-up.
+        finished: list[asyncio.Future[Outcome]] = []
+        wake = asyncio.Event()
+
+        def on_done(task: asyncio.Future[Outcome]) -> None:
+            finished.append(task)
+            wake.set()
+
+        async def wait_done(within: float | None) -> list[asyncio.Future[Outcome]]:
+            if not finished:
+                try:
+                    async with asyncio.timeout(within):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+            wake.clear()
+            done = finished[:]
+            finished.clear()
+            return done
+
         try:
             while not self.stop.is_set():
                 room = self.batch_size - len(running)
                 if room > 0 and loop.time() >= self._resume_at:
                     fetched = await self._fetch(room, idle=not running) or []
                     if fetched:
-                        await self._start(fetched, running)
+                        await self._start(fetched, running, on_done)
                 if running:
-                    done, _ = await asyncio.wait(running, timeout=STREAM_POLL,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    await self._record_done(running, done)
+                    await self._record_done(running, await wait_done(STREAM_POLL))
                 elif loop.time() < self._resume_at:  # backing off while jobs were in flight
                     await wait_or_stop(self.stop, self._resume_at - loop.time())
             while running:  # stopping: let them finish (the daemon's grace period bounds this)
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                await self._record_done(running, done)
+                await self._record_done(running, await wait_done(None))
         finally:
             for task in running:  # cancelled at shutdown: the jobs stay in the processing list
                 task.cancel()
             self._in_flight.dec(len(running))
 
     async def _start(self, fetched: list[bytes],
-                     running: dict[asyncio.Future[Outcome], bytes]) -> None:
+                     running: dict[asyncio.Future[Outcome], bytes],
+                     on_done: Callable[[asyncio.Future[Outcome]], object]) -> None:
         """Hand a fetched batch to the handler: what is done now is recorded now, in one
         round trip; the rest runs on, as tasks."""
         self._in_flight.inc(len(fetched))
@@ -246,7 +265,9 @@ class Consumer:
                 now_raws.append(raw)
                 now.append(outcome)
             else:
-                running[asyncio.ensure_future(self._timed(raw, outcome))] = raw
+                task = asyncio.ensure_future(self._timed(raw, outcome))
+                task.add_done_callback(on_done)
+                running[task] = raw
         if now:
             self._observe(len(now), time.perf_counter() - started)
             self._in_flight.dec(len(now))
@@ -255,7 +276,7 @@ class Consumer:
             await self._run_after(batch.after)
 
     async def _record_done(self, running: dict[asyncio.Future[Outcome], bytes],
-                           done: set[asyncio.Future[Outcome]]) -> None:
+                           done: list[asyncio.Future[Outcome]]) -> None:
         if not done:
             return
         raws = [running.pop(task) for task in done]

@@ -12,11 +12,12 @@ import asyncio
 import dataclasses
 import json
 import random
+import re
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Final
 
-import aiohttp
 import orjson
 import structlog
 
@@ -24,6 +25,7 @@ from payflow import __version__
 from payflow.models import Event, WebhookEndpoint
 from payflow.webhooks.signing import signature_header
 from payflow.webhooks.ssrf import AddressPolicy, SSRFRefused, check_url, refusal_in
+from payflow.webhooks.transport import Transport, TransportError
 
 log = structlog.get_logger("payflow.webhooks")
 
@@ -77,12 +79,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 class HttpDelivery:
-    """POSTs events over a shared aiohttp session (one connection pool for all senders)."""
+    """POSTs events over one :class:`~payflow.webhooks.transport.Transport` (one pool of
+    keep-alive connections for all senders)."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, timeout: float,
-                 policy: AddressPolicy) -> None:
-        self.session = session
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+    def __init__(self, transport: Transport, *, timeout: float, policy: AddressPolicy) -> None:
+        self.transport = transport
+        self.timeout = timeout
         self.policy = policy
         self._checked: dict[str, SSRFRefused | None] = {}  # url -> check_url's verdict
 
@@ -106,37 +108,41 @@ class HttpDelivery:
         span (when tracing is on)."""
         body = encode_event(event)
         timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": f"PayFlow/{__version__}",
-            "webhook-id": event.id,
-            "webhook-timestamp": str(timestamp),
-        }
+        lines = [_FIXED_HEADERS, f"webhook-id: {event.id}\r\nwebhook-timestamp: {timestamp}\r\n"]
         if secrets := endpoint.active_secrets():
-            headers["webhook-signature"] = signature_header(secrets, event.id, timestamp, body)
+            lines.append(f"webhook-signature: "
+                         f"{signature_header(secrets, event.id, timestamp, body)}\r\n")
         if traceparent is not None:
-            headers["traceparent"] = traceparent
+            lines.append(f"traceparent: {traceparent}\r\n")
+        headers = "".join(lines)
         started = time.perf_counter()
+        if not _HEADER_BLOCK.fullmatch(headers):  # an event id no header can carry
+            return Attempt(ok=False, error=f"bad_request: the event id {event.id!r} cannot be "
+                                           "sent in a header", latency_ms=_since(started))
         try:
             self._check(endpoint.url)
-            async with self.session.post(endpoint.url, data=body, headers=headers,
-                                         allow_redirects=False, timeout=self.timeout) as resp:
-                text = (await resp.content.read(BODY_CAP)).decode("utf-8", "replace")
-                ok = 200 <= resp.status < 300
-                retry_after = None
-                if resp.status in (429, 503):
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                error = None if ok else f"HTTP {resp.status}"
-                return Attempt(ok=ok, status=resp.status, error=error, latency_ms=_since(started),
-                               body=text, retry_after=retry_after)
+            async with asyncio.timeout(self.timeout):
+                answer = await self.transport.post(endpoint.url, headers.encode("ascii"), body,
+                                                   cap=BODY_CAP)
         except SSRFRefused as exc:
             return self._refused(exc, started)
         except TimeoutError:
-            error = f"timeout: no answer within {self.timeout.total:g} s"
-        except (aiohttp.ClientError, OSError) as exc:
+            error = f"timeout: no answer within {self.timeout:g} s"
+        except TransportError as exc:
+            error = f"{exc.kind}: {exc}"
+        except OSError as exc:
             if (refusal := refusal_in(exc)) is not None:
                 return self._refused(refusal, started)
-            error = f"{_error_class(exc)}: {exc}"
+            error = f"connection_failed: {exc}"
+        else:
+            status = answer.status
+            ok = 200 <= status < 300
+            retry_after = None
+            if status in (429, 503):
+                retry_after = parse_retry_after(answer.retry_after)
+            return Attempt(ok=ok, status=status, error=None if ok else f"HTTP {status}",
+                           latency_ms=_since(started),
+                           body=answer.body.decode("utf-8", "replace"), retry_after=retry_after)
         return Attempt(ok=False, error=error, latency_ms=_since(started))
 
     @staticmethod
@@ -144,19 +150,18 @@ class HttpDelivery:
         return Attempt(ok=False, error=f"ssrf_refused: {exc}", refused=True,
                        latency_ms=_since(started))
 
+    async def aclose(self) -> None:
+        """Close every connection (for ``contextlib.aclosing``)."""
+        await self.transport.close()
+
+
+_FIXED_HEADERS: Final = (f"Content-Type: application/json\r\n"
+                         f"User-Agent: PayFlow/{__version__}\r\n")
+_HEADER_BLOCK: Final = re.compile(r"(?:[A-Za-z-]+: [\x20-\x7e]*\r\n)+")
+
 
 def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
-
-
-def _error_class(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "connection_closed"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connection_failed"
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return "bad_response"
-    return type(exc).__name__
 
 
 class LogSink:

@@ -5,12 +5,13 @@ multicast, reserved or cloud-metadata addresses, nor to IPv6 unique local ones, 
 ``[webhooks] allow_networks`` lists them. IPv6 addresses that embed an IPv4 one (IPv4-mapped,
 NAT64 ``64:ff9b::/96``, 6to4, Teredo) are judged by the IPv4 address they embed.
 
-Enforcement lives in the connector, so it holds for every request of the session:
+Enforcement lives where connections are made (:mod:`payflow.webhooks.transport`), so it holds
+for every delivery:
 
-- :class:`GuardedResolver` resolves a host name itself and hands aiohttp only the addresses it
-  allowed; aiohttp connects to exactly those (no second lookup, so DNS rebinding between the
-  check and the connect is impossible), and its DNS cache holds only filtered results.
-- :class:`GuardedConnector` also checks IP-literal hosts, for which aiohttp skips the resolver.
+- :class:`GuardedResolver` resolves a host name itself and hands the transport only the
+  addresses it allowed; the transport connects to exactly those (no second lookup, so DNS
+  rebinding between the check and the connect is impossible).
+- the transport checks IP-literal hosts itself, which need no resolver.
 - :func:`check_url` refuses a bad scheme or an IP-literal host up front, without a connection.
 - :func:`check_destination` is what endpoint creation asks: :func:`check_url`, then, for a
   name, an asynchronous lookup (short timeout) that refuses a name resolving only to refused
@@ -20,9 +21,9 @@ An IP literal with a trailing dot (``127.0.0.1.``) is the same address everywher
 it would fail as a name, or as a non-canonical address, and be retried for nothing): it is
 judged, and connected to, as ``127.0.0.1``.
 
-A refusal is an :class:`SSRFRefused` (an ``OSError``); aiohttp wraps it in a
-``ClientConnectorDNSError``, and :func:`refusal_in` digs it out so delivery can record the
-reason and not retry an attempt that can never succeed.
+A refusal is an :class:`SSRFRefused` (an ``OSError``); :func:`refusal_in` digs it out of a
+chain of exceptions, so delivery can record the reason and not retry an attempt that can never
+succeed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import structlog
@@ -41,9 +42,6 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from payflow import urls
-
-if TYPE_CHECKING:
-    from aiohttp.tracing import Trace
 
 log = structlog.get_logger("payflow.webhooks")
 
@@ -134,7 +132,7 @@ class AddressPolicy:
         ip = _unscoped(ip)
         text = _text(ip)
         what = f"{culprit}, {_article(name)} {name} address"
-        literal = _parse_ip(_bare(host)) == ip
+        literal = parse_ip(bare(host)) == ip
         if culprit != ip:
             what = f"{text} embeds {what}" if literal else f"{text}, which embeds {what}"
         if not literal:
@@ -196,14 +194,14 @@ def _embedded_ipv4(ip: IPv6Address) -> list[IPv4Address]:
     return []
 
 
-def _parse_ip(text: str) -> IPAddress | None:
+def parse_ip(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return None
 
 
-def _bare(host: str) -> str:
+def bare(host: str) -> str:
     """``host`` without the trailing dot(s) of a fully qualified form: ``127.0.0.1.`` names
     the address 127.0.0.1."""
     return host.rstrip(".") or host
@@ -227,7 +225,7 @@ class GuardedResolver(AbstractResolver):
         kept: list[ResolveResult] = []
         refused: list[SSRFRefused] = []
         for result in results:
-            ip = _parse_ip(result["host"])
+            ip = parse_ip(result["host"])
             if ip is None:
                 refused.append(SSRFRefused(host, result["host"],
                                            f"{host} resolves to {result['host']!r}, "
@@ -251,33 +249,6 @@ class GuardedResolver(AbstractResolver):
             await self._inner.close()
 
 
-class GuardedConnector(aiohttp.TCPConnector):
-    """A :class:`~aiohttp.TCPConnector` that resolves through a :class:`GuardedResolver` and
-    also refuses IP-literal hosts (which aiohttp never passes to a resolver)."""
-
-    def __init__(self, policy: AddressPolicy, *, inner_resolver: AbstractResolver | None = None,
-                 **kwargs: Any) -> None:
-        self.policy = policy
-        super().__init__(resolver=GuardedResolver(policy, inner_resolver), **kwargs)
-
-    async def _resolve_host(self, host: str, port: int,
-                            traces: Sequence[Trace] | None = None) -> list[ResolveResult]:
-        ip = _parse_ip(_bare(host))
-        if ip is not None:
-            if (exc := self.policy.refuse(host, ip)) is not None:
-                raise exc  # an OSError: aiohttp wraps it in ClientConnectorDNSError
-            host = _bare(host)  # "127.0.0.1." connects to 127.0.0.1, without a DNS lookup
-        return await super()._resolve_host(host, port, traces=traces)
-
-
-def make_connector(policy: AddressPolicy, *, limit: int = 100,
-                   inner_resolver: AbstractResolver | None = None) -> aiohttp.TCPConnector:
-    """The connector of the delivery session. aiohttp's DNS cache stays on: it holds only the
-    filtered results, and a refusal (an exception) is never cached. ``inner_resolver`` is for
-    tests; the default is the system's getaddrinfo in a thread."""
-    return GuardedConnector(policy, limit=limit, inner_resolver=inner_resolver)
-
-
 def check_url(url: str, policy: AddressPolicy) -> None:
     """Refuse, before any connection, a scheme other than http/https, a URL without a host, one
     the API would not take as an endpoint's (``urls.endpoint_url_error``), a refused IP-literal
@@ -295,10 +266,10 @@ def check_url(url: str, policy: AddressPolicy) -> None:
         raise SSRFRefused("", None, f"{url!r} has no host")
     if (error := urls.endpoint_url_error(url)) is not None:  # what the API would refuse too
         raise SSRFRefused(host, None, f"{url!r} is not a webhook URL: {error}")
-    ip = _parse_ip(_bare(host))
+    ip = parse_ip(bare(host))
     if ip is not None and (exc := policy.refuse(host, ip)) is not None:
         raise exc
-    if ip is None and (legacy := _legacy_ipv4(_bare(host))) is not None:
+    if ip is None and (legacy := _legacy_ipv4(bare(host))) is not None:
         # 2130706433, 0x7f.1, 127.1: getaddrinfo maps these onto an address (newer aiohttp
         # rejects them outright); refuse them here with the reason, never retry them
         raise policy.refuse(host, legacy) or SSRFRefused(
@@ -327,7 +298,7 @@ async def check_destination(url: str, policy: AddressPolicy, *,
     or at all, passes: it is logged, and delivery checks it again when it resolves."""
     check_url(url, policy)
     host = URL(url).host or ""
-    if _parse_ip(_bare(host)) is not None:
+    if parse_ip(bare(host)) is not None:
         return  # an allowed literal
     try:
         async with asyncio.timeout(lookup_seconds):
@@ -339,7 +310,7 @@ async def check_destination(url: str, policy: AddressPolicy, *,
         return
     refused: list[SSRFRefused] = []
     for address in found:
-        ip = _parse_ip(address)
+        ip = parse_ip(address)
         if ip is None:
             refused.append(SSRFRefused(host, address, f"{host} resolves to {address!r}, "
                                                       "which is not an IP address"))
