@@ -55,18 +55,20 @@ MODULES: dict[str, Module] = {
     "ssrf": _m("src/payflow/webhooks/ssrf.py", "test_ssrf.py", "test_ssrf_mutants.py"),
     "delivery": _m("src/payflow/webhooks/delivery.py", "test_delivery_mutants.py",
                    "test_webhook_sender.py"),
+    "transport": _m("src/payflow/webhooks/transport.py", "test_transport.py",
+                    "test_delivery_mutants.py", "test_ssrf.py"),
     "auth": _m("src/payflow/web/auth.py", "test_web_auth.py"),
     "idempotency": _m("src/payflow/web/idempotency.py", "test_idempotency.py",
                       "test_idempotency_mutants.py"),
     "validation": _m("src/payflow/payments/validation.py", "test_web_validation.py",
                      "test_validation_mutants.py"),
     "currencies": _m("src/payflow/payments/currencies.py", "test_web_validation.py"),
-    "intake": _m("src/payflow/payments/intake.py", "test_intake_mutants.py", "test_payment_idempotency.py",
-                 "test_web_api.py", "test_sweepers.py"),
+    "intake": _m("src/payflow/payments/intake.py", "test_intake_mutants.py",
+                 "test_payment_idempotency.py", "test_web_api.py", "test_sweepers.py"),
     "memory": _m("src/payflow/store/memory.py", "test_store_contract.py", "test_sweepers.py",
                  "test_store_mutants.py", args=("-m", "not postgres")),
     "postgres": _m("src/payflow/store/postgres.py", "test_store_contract.py", "test_postgres.py",
-                   args=("-k", "not memory")),
+                   "test_postgres_mutants.py", args=("-k", "not memory")),
     "pg_sql": _m("src/payflow/store/pg_sql.py", "test_store_contract.py", "test_postgres.py",
                  "test_pg_sql_mutants.py", args=("-k", "not memory")),
     "consumer": _m("src/payflow/queue/consumer.py", "test_consumer.py", "test_queue.py",
@@ -160,12 +162,16 @@ def _base_mutmut_config() -> dict[str, object]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
     config: dict[str, object] = dict(data.get("tool", {}).get("mutmut", {}))
     # pyproject's patterns leave out the calls of the module's logger (`log.info(...)`); those
-    # of a logger bound to an object (the consumer's `self.log.warning(...)`) are log calls too
+    # of a logger bound to an object (the consumer's `self.log.warning(...)`) and of one got
+    # on the spot (the PostgreSQL store's `structlog.get_logger(name).warning(...)`) are log
+    # calls too
     patterns = config.get("do_not_mutate_patterns")
     if isinstance(patterns, list):
+        logs = [p for p in patterns if p.startswith(r"^\s*log\.")]
         config["do_not_mutate_patterns"] = [
-            *patterns, *(p.replace(r"^\s*log\.", r"^\s*self\.log\.") for p in patterns
-                         if p.startswith(r"^\s*log\."))]
+            *patterns, *(p.replace(r"^\s*log\.", r"^\s*self\.log\.") for p in logs),
+            *(p.replace(r"^\s*log\.", r"^\s*structlog\.get_logger\([^()]*\)\.")
+              for p in logs)]
     return config
 
 
