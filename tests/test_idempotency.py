@@ -24,11 +24,12 @@ from multidict import CIMultiDict
 from redis.asyncio import Redis
 
 from conftest import RedisServer, ServeApp, free_port
+from payflow.idempotency import REDACTED
 from payflow.models import Payment, PaymentStatus, Refund, WebhookEndpoint
 from payflow.store.memory import MemoryStore
 from payflow.web.app import create_app
 from payflow.web.context import WebContext
-from payflow.web.idempotency import REDACTED, Idempotency
+from payflow.web.idempotency import Idempotency
 from payflow.web.keys import API_KEY_NAME
 
 PROBLEM = "application/problem+json"

@@ -1,7 +1,7 @@
-"""The Idempotency-Key middleware (payflow.web.idempotency) on a bare app of test routes: what is
-stored (and in which form), what is replayed, the exact problems, the lock and TTL in ms, the
-finishing step's retries. Written against the mutants tests/test_idempotency.py let through
-(scripts/mutation idempotency)."""
+"""The Idempotency-Key middleware (payflow.web.idempotency over payflow.idempotency) on a bare app
+of test routes: what is stored (and in which form), what is replayed, the exact problems, the
+lock and TTL in ms, the finishing step's retries. Written against the mutants
+tests/test_idempotency.py let through (scripts/mutation idempotency)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,13 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from conftest import ServeApp
+from payflow.errors import PayFlowError
+from payflow.idempotency import REDACTED, IdempotencyKeys
 from payflow.web import problems
 from payflow.web.idempotency import (
-    REDACTED,
     Idempotency,
-    in_flight,
     invalid_key,
     key_required,
-    key_reused,
     middleware,
     parse_key,
     unavailable,
@@ -45,6 +44,10 @@ def redis_key(key: str, scope: str = "anonymous") -> str:
 async def _problem_409(request: web.Request) -> web.StreamResponse:
     raise problems.Problem(409, "busy-thing", "Busy thing", "It is busy.", code="busy_thing",
                            param="amount", headers={"X-Why": "busy"})
+
+
+async def _unmapped(request: web.Request) -> web.StreamResponse:
+    raise PayFlowError("not an API error")
 
 
 async def _answer_400(request: web.Request) -> web.StreamResponse:
@@ -91,18 +94,23 @@ async def _streamed(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def render_problems(request: web.Request, handler: Any) -> web.StreamResponse:
-    """What the app's first middleware does for these tests: a Request-Id, problems rendered."""
+    """What the app's first middleware does for these tests: a Request-Id, problems rendered
+    (those of the core's errors too)."""
     request_id = f"req_{id(request)}"
     try:
         response: web.StreamResponse = await handler(request)
     except problems.Problem as exc:
         response = exc.response(request_id)
+    except PayFlowError as exc:
+        if (problem := problems.from_error(exc)) is None:
+            raise  # not an API error: aiohttp's 500
+        response = problem.response(request_id)
     if not response.prepared:
         response.headers["Request-Id"] = request_id
     return response
 
 
-ROUTES = {"problem": _problem_409, "400": _answer_400, "404": _answer_404,
+ROUTES = {"problem": _problem_409, "unmapped": _unmapped, "400": _answer_400, "404": _answer_404,
           "500": _answer_500, "204": _answer_204, "headers": _headers, "secret": _secret,
           "list": _list, "payload": _payload, "streamed": _streamed}
 
@@ -159,8 +167,6 @@ def test_the_problems_of_the_middleware() -> None:
         503, "idempotency-unavailable", "Idempotency store unavailable",
         "The Idempotency-Key store does not answer; the request was not processed. "
         "Retry shortly.", "idempotency_unavailable", {"Retry-After": "1"})
-    assert parts(key_reused()) == parts(problems.key_reused())
-    assert parts(in_flight()) == parts(problems.key_in_flight())
 
 
 def test_parse_key_edges() -> None:
@@ -180,11 +186,11 @@ def test_parse_key_edges() -> None:
 
 def test_ttl_and_lock_are_kept_in_milliseconds() -> None:
     r = fakeredis.FakeAsyncRedis()
-    default = Idempotency(r, ttl_seconds=3600, required=False)
+    default = Idempotency(r, ttl_seconds=3600, required=False).keys
     assert (default._ttl_ms, default._lock_ms) == (3_600_000, 60_000)
-    tiny = Idempotency(r, ttl_seconds=0.001, required=False, lock_seconds=0.001)
+    tiny = Idempotency(r, ttl_seconds=0.001, required=False, lock_seconds=0.001).keys
     assert (tiny._ttl_ms, tiny._lock_ms) == (1, 1)
-    floor = Idempotency(r, ttl_seconds=0, required=False, lock_seconds=0)
+    floor = Idempotency(r, ttl_seconds=0, required=False, lock_seconds=0).keys
     assert (floor._ttl_ms, floor._lock_ms) == (1, 1)
 
 
@@ -245,6 +251,13 @@ async def test_a_raised_409_problem_is_replayed_whole(make: Make) -> None:
                               "detail": "It is busy.", "code": "busy_thing", "param": "amount"}
 
 
+async def test_an_error_that_is_no_problem_releases_the_key(make: Make) -> None:
+    client, _, calls = await make()
+    [(s1, _, _), (s2, _, h2)] = await twice(client, "unmapped")
+    assert (s1, s2, calls["unmapped"]) == (500, 500, 2)  # the retry ran again: not a 409
+    assert "Idempotent-Replayed" not in h2
+
+
 @pytest.mark.parametrize("name", ["payload", "streamed"])
 async def test_a_body_that_is_not_bytes_is_not_kept(make: Make, name: str) -> None:
     client, _, calls = await make()
@@ -282,10 +295,10 @@ class Script:
         return result
 
 
-def finishing(script: Script) -> Idempotency:
-    idem = Idempotency(fakeredis.FakeAsyncRedis(), ttl_seconds=60, required=False)
-    idem._finish_script = script  # type: ignore[assignment]
-    return idem
+def finishing(script: Script) -> IdempotencyKeys:
+    keys = IdempotencyKeys(fakeredis.FakeAsyncRedis(), ttl_seconds=60)
+    keys._finish_script = script  # type: ignore[assignment]
+    return keys
 
 
 async def test_finish_once_makes_one_attempt_even_when_the_lock_is_gone() -> None:
@@ -332,12 +345,12 @@ async def test_a_redis_failure_releases_the_key_in_a_tracked_background_task(
     resp = await client.post("/v1/t/headers", data=b"{}", headers={"Idempotency-Key": "k"})
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
     assert calls["headers"] == 0
-    tasks = list(idem._background)
+    tasks = list(idem.keys._background)
     assert len(tasks) <= 1 and all(isinstance(t, asyncio.Future) for t in tasks)
     if tasks:
         await asyncio.wait(tasks, timeout=5)
         await asyncio.sleep(0)
-    assert idem._background == set()
+    assert idem.keys._background == set()
     assert down.script.calls == 1
 
 
@@ -379,7 +392,7 @@ async def test_a_lock_left_by_a_failed_set_is_chased_20_times(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from payflow.web import idempotency
+    from payflow import idempotency
 
     slept: list[float] = []
 
@@ -396,6 +409,6 @@ async def test_a_lock_left_by_a_failed_set_is_chased_20_times(
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/v1/t/x", data=b"{}", headers={"Idempotency-Key": "k"})
         assert resp.status == 503
-        if tasks := list(idem._background):
+        if tasks := list(idem.keys._background):
             await asyncio.wait(tasks, timeout=5)
     assert down.script.calls == 20 and slept == [1.0] * 20

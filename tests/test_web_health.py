@@ -145,3 +145,22 @@ async def test_readyz_recovers(hc: Health) -> None:
     await assert_not_ready(hc)
     hc.redis.answer = True
     assert (await hc.client.get("/readyz")).status == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_an_unknown_query_parameter_is_400_as_on_v1_routes(hc: Health, path: str) -> None:
+    resp = await hc.client.get(path, params={"verbose": "1"})
+    assert resp.status == 400
+    assert resp.content_type == PROBLEM
+    data = await resp.json(content_type=PROBLEM)
+    assert (data["code"], data["param"]) == ("unknown_parameter", "verbose")
+    assert data["detail"] == "Unknown query parameter 'verbose' (this route takes none)."
+    assert hc.redis.pings == 0  # refused before Redis is asked
+    v1 = await hc.client.get("/v1/payments/pay_x", params={"verbose": "1"})  # the same answer
+    assert v1.status == 400
+    assert (await v1.json(content_type=PROBLEM))["code"] == "unknown_parameter"
+
+
+async def test_metrics_still_ignores_query_parameters(hc: Health) -> None:
+    resp = await hc.client.get("/metrics", params={"name[]": "payflow_http_requests_total"})
+    assert resp.status == 200

@@ -206,15 +206,15 @@ class Daemon:
                 return False
 
         guard = AddressPolicy(cfg.webhooks.allow_networks)
+        idempotency = Idempotency(intake, ttl_seconds=cfg.api.idempotency_ttl_hours * 3600,
+                                  required=cfg.api.require_idempotency_key)
         ctx = WebContext(store=st, enqueue_payment=enqueue, ping=ping,
                          enqueue_webhook=enqueue_webhook,
                          max_body_bytes=cfg.http.max_body_bytes,
                          body_seconds=cfg.http.body_timeout_seconds,
                          rotation_grace_hours=cfg.webhooks.secret_rotation_grace_hours,
                          api_keys=cfg.api.keys, metrics_public=cfg.api.metrics_public,
-                         idempotency=Idempotency(
-                             intake, ttl_seconds=cfg.api.idempotency_ttl_hours * 3600,
-                             required=cfg.api.require_idempotency_key),
+                         idempotency=idempotency,
                          address_policy=guard,
                          operations=Operations(intake, [cfg.queue.payments, cfg.queue.webhooks],
                                                st))
@@ -254,6 +254,7 @@ class Daemon:
                 await self._run_loops(url, payments, webhooks, ctx, st)
             finally:
                 await runner.cleanup()
+                await idempotency.close()  # its background releases (no request runs now)
         finally:
             await http.aclose()
 

@@ -1,5 +1,6 @@
 """``/healthz`` (the process is alive: always 200, even while stopping) and ``/readyz`` (Redis
-answers a ping within :data:`READY_TIMEOUT` seconds; 503 otherwise and while stopping)."""
+answers a ping within :data:`READY_TIMEOUT` seconds; 503 otherwise and while stopping). Both
+refuse any query parameter with a 400 ``unknown_parameter``, as every ``/v1/`` route does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from payflow import metrics
 from payflow.web import problems
+from payflow.web.params import query
 
 if TYPE_CHECKING:
     from payflow.web.context import WebContext
@@ -39,9 +41,11 @@ class _HealthHandlers:
         self._ctx = ctx
 
     async def healthz(self, request: web.Request) -> web.Response:
+        query(request)
         return problems.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        query(request)
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 ready = await self._ctx.ping()
