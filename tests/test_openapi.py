@@ -297,6 +297,45 @@ def test_documented_limits_match_the_code() -> None:
             == MAX_ENDPOINT_DESCRIPTION)
 
 
+def test_the_payment_body_names_every_method_once() -> None:
+    """The validator's field sets are read from ``PaymentCreate`` and its detail inputs: one
+    details field per method, and nothing else beside amount, currency, method, metadata."""
+    from payflow.models import METHODS
+    from payflow.payments import validation
+
+    assert {"amount", "currency", "method", "metadata", *METHODS} == validation.TOP_LEVEL_FIELDS
+    assert tuple(validation.DETAIL_FIELDS) == tuple(validation.DETAIL_INPUTS) == METHODS
+    assert validation.DETAIL_FIELDS["card"] == ("number", "exp_month", "exp_year")
+
+
+# Request body component -> an operation that reads it, on a seeded resource.
+BODIES: Final = {
+    "PaymentCreate": ("POST", "/v1/payments"),
+    "RefundCreate": ("POST", f"/v1/payments/{SUCCEEDED}/refunds"),
+    "WebhookEndpointCreate": ("POST", "/v1/webhook_endpoints"),
+    "WebhookEndpointUpdate": ("PATCH", f"/v1/webhook_endpoints/{FUZZ_ENDPOINT}"),
+    "EventRetry": ("POST", f"/v1/events/{PAYMENT_EVENT}/retry"),
+    "DeadLetterReplay": ("POST", "/v1/dead_letters/replay"),
+}
+
+
+def test_the_documented_request_fields_are_the_ones_the_handlers_know(
+        live: Live, http: requests.Session) -> None:
+    """Every member a request body declares passes the unknown-field check, and nothing else
+    does (a list is no valid value of any of them: each answer is a 422, nothing changes)."""
+    schemas = document(__version__)["components"]["schemas"]
+    assert {name for name, schema in schemas.items()
+            if schema.get("additionalProperties") is False and "properties" in schema
+            and not name.endswith("Input")} == set(BODIES)
+    for name, (method, path) in BODIES.items():
+        for member in [*schemas[name]["properties"], "colour"]:
+            resp = http.request(method, live.url + path, json={member: []}, headers=AUTH,
+                                timeout=10)
+            assert resp.status_code == 422, (name, member, resp.text)
+            unknown = resp.json()["code"] == "unknown_field"
+            assert unknown is (member == "colour"), (name, member, resp.text)
+
+
 def test_document_is_served_without_an_api_key(live: Live, http: requests.Session) -> None:
     resp = http.get(f"{live.url}/openapi.json", timeout=10)
     assert resp.status_code == 200

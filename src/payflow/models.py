@@ -13,9 +13,12 @@ import hashlib
 import itertools
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal, Never, TypedDict
+
+from payflow.schema import Meta, SchemaOf
 
 METHODS = ("upi", "card", "netbanking", "wallet")
 
@@ -101,6 +104,128 @@ def new_payment_id() -> str:
     return "pay_" + secrets.token_hex(12)
 
 
+# --- what to_dict() returns: the API's objects (payflow.schema documents them) ---------------
+
+CardBrand = Literal["visa", "mastercard", "amex", "rupay", "unknown"]
+
+
+class UpiDetails(TypedDict):
+    vpa: str
+
+
+class CardDetails(TypedDict):
+    brand: CardBrand
+    last4: Annotated[str, Meta(pattern="^[0-9]{4}$")]
+    exp_month: Annotated[int, Meta(minimum=1, maximum=12)]
+    exp_year: int
+    fingerprint: str
+
+
+class NetbankingDetails(TypedDict):
+    bank_code: str
+
+
+class WalletDetails(TypedDict):
+    wallet: str
+
+
+# What a payment's method details were reduced to (payments.validation); a legacy payment: {}.
+MethodDetails = UpiDetails | CardDetails | NetbankingDetails | WalletDetails | dict[str, Never]
+
+
+class PaymentJSON(TypedDict):
+    """A payment: pending → processing → succeeded | failed, or pending → canceled; a succeeded
+    payment may become partially_refunded or refunded."""
+
+    id: Annotated[str, Meta("pay_<hex>; a payment from a legacy job keeps the job's id.")]
+    object: Literal["payment"]
+    amount: Annotated[int | None, Meta("Minor units; null for a payment from a legacy job.")]
+    amount_refunded: Annotated[int, Meta(minimum=0)]
+    currency: Annotated[str | None, Meta("ISO 4217, upper-case; null for a legacy payment.")]
+    method: Annotated[str, Meta(enum=METHODS)]
+    method_details: Annotated[dict[str, Any], SchemaOf(MethodDetails), Meta(
+        "What the method's details were reduced to: a card keeps brand, last 4, expiry and "
+        "fingerprint.")]
+    status: PaymentStatus
+    metadata: dict[str, str]
+    created_at: Annotated[str, Meta("When the payment was created.", format="date-time")]
+    updated_at: Annotated[str, Meta("When it last changed.", format="date-time")]
+    failure_code: str | None
+    failure_message: str | None
+    sequence: Annotated[int, Meta("Bumped by every transition: drop webhook states older than "
+                                  "the last one you saw.", minimum=0)]
+
+
+class RefundJSON(TypedDict):
+    """A refund: pending until a consumer takes it to succeeded or failed."""
+
+    id: Annotated[str, Meta(pattern="^re_")]
+    object: Literal["refund"]
+    payment_id: str
+    amount: Annotated[int, Meta(minimum=1)]
+    currency: str | None
+    status: RefundStatus
+    failure_code: str | None
+    failure_message: str | None
+    created_at: Annotated[str, Meta("When the refund was created.", format="date-time")]
+    updated_at: Annotated[str, Meta("When it last changed.", format="date-time")]
+
+
+class EventJSON(TypedDict):
+    """The body of a webhook."""
+
+    id: Annotated[str, Meta(pattern="^evt_")]
+    type: Annotated[str, Meta(enum=ALL_EVENT_TYPES)]
+    timestamp: Annotated[str, Meta("When the transition happened.", format="date-time")]
+    data: Annotated[Mapping[str, Any], SchemaOf(PaymentJSON | RefundJSON), Meta(
+        "The payment (payment.*) or refund (refund.*) as it was.")]
+
+
+class ApiEventJSON(EventJSON):  # the API's view: the webhook body has no "object"
+    """What a webhook carries."""
+
+    object: Literal["event"]
+
+
+class WebhookEndpointJSON(TypedDict):
+    """A webhook receiver (its secrets are never shown after creation)."""
+
+    id: Annotated[str, Meta(pattern="^ep_")]
+    object: Literal["webhook_endpoint"]
+    url: str
+    enabled_events: list[str]
+    disabled: bool
+    disabled_reason: str | None
+    description: str
+    source: Annotated[str, SchemaOf(Literal["api", "config"])]
+    signed: Annotated[bool, Meta("Whether its webhooks are signed.")]
+    created_at: Annotated[str, Meta("When the endpoint was created.", format="date-time")]
+    updated_at: Annotated[str, Meta("When it last changed.", format="date-time")]
+    failing_since: Annotated[str | None, Meta("Start of the current run of failed attempts.",
+                                              format="date-time")]
+
+
+class DeliveryAttemptJSON(TypedDict):
+    """One try at delivering one event to one endpoint."""
+
+    id: Annotated[str, Meta(pattern="^att_")]
+    object: Literal["delivery_attempt"]
+    event_id: str
+    endpoint_id: Annotated[str, Meta("An endpoint id, or 'log' for the log sink.")]
+    attempt: Annotated[int, Meta(minimum=1)]
+    outcome: Annotated[str, Meta(
+        "retrying: next_retry_at says when; dead: no more attempts; refused: the SSRF guard "
+        "refused the address; disabled: the endpoint was disabled (410 Gone or failing too "
+        "long); skipped: it was disabled when the event came.", enum=DELIVERY_OUTCOMES)]
+    at: Annotated[str, Meta("When the attempt was made.", format="date-time")]
+    status: Annotated[int | None, Meta("The receiver's HTTP status.")]
+    error: str | None
+    latency_ms: Annotated[float, Meta(minimum=0)]
+    response_body: Annotated[str, Meta("The start of the receiver's answer.")]
+    next_retry_at: Annotated[str | None, Meta("When the next attempt is due.",
+                                              format="date-time")]
+
+
 def event_id_for(payment_id: str, event_type: str) -> str:
     """The id of the event that ``event_type`` of ``payment_id`` emits: stable across retries,
     redeliveries and restarts, because a payment reaches each terminal state at most once."""
@@ -139,7 +264,7 @@ class Payment:
                        failure_message=failure_message, sequence=self.sequence + 1,
                        amount_refunded=self.amount_refunded)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PaymentJSON:
         return {
             "id": self.id,
             "object": "payment",
@@ -148,7 +273,7 @@ class Payment:
             "currency": self.currency,
             "method": self.method,
             "method_details": dict(self.method_details),
-            "status": self.status.value,
+            "status": self.status,  # a StrEnum: a str, and JSON's string (no .value lookup)
             "metadata": dict(self.metadata),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -165,14 +290,14 @@ class Event:
     id: str
     type: str
     timestamp: str
-    data: dict[str, Any]
+    data: Mapping[str, Any]  # a PaymentJSON or a RefundJSON (or either, decoded from JSON)
 
     @property
     def subject_id(self) -> str:
         """The id of what the event is about: its payment, or its refund."""
         return str(self.data.get("id", ""))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> EventJSON:
         return {"id": self.id, "type": self.type, "timestamp": self.timestamp, "data": self.data}
 
     @classmethod
@@ -218,9 +343,9 @@ class Refund:
         if not self.updated_at:
             object.__setattr__(self, "updated_at", self.created_at)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> RefundJSON:
         return {"id": self.id, "object": "refund", "payment_id": self.payment_id,
-                "amount": self.amount, "currency": self.currency, "status": self.status.value,
+                "amount": self.amount, "currency": self.currency, "status": self.status,
                 "failure_code": self.failure_code, "failure_message": self.failure_message,
                 "created_at": self.created_at, "updated_at": self.updated_at}
 
@@ -268,7 +393,7 @@ class WebhookEndpoint:
         return [s.secret for s in self.secrets
                 if s.expires_at is None or parse_iso(s.expires_at) > moment]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> WebhookEndpointJSON:
         """The API view: never the secrets themselves."""
         return {
             "id": self.id,
@@ -314,8 +439,9 @@ class DeliveryAttempt:
     response_body: str = ""
     next_retry_at: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        body["object"] = "delivery_attempt"
-        body["latency_ms"] = round(self.latency_ms, 1)
-        return body
+    def to_dict(self) -> DeliveryAttemptJSON:
+        return {"id": self.id, "event_id": self.event_id, "endpoint_id": self.endpoint_id,
+                "attempt": self.attempt, "outcome": self.outcome, "at": self.at,
+                "status": self.status, "error": self.error,
+                "latency_ms": round(self.latency_ms, 1), "response_body": self.response_body,
+                "next_retry_at": self.next_retry_at, "object": "delivery_attempt"}

@@ -29,12 +29,21 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final, NotRequired, TypedDict, cast, get_args
 
 from payflow.errors import ValidationError
-from payflow.models import METHODS
-from payflow.payments.currencies import normalize_currency
+from payflow.models import (
+    METHODS,
+    CardBrand,
+    CardDetails,
+    MethodDetails,
+    NetbankingDetails,
+    UpiDetails,
+    WalletDetails,
+)
+from payflow.payments.currencies import MINOR_UNITS, normalize_currency
 from payflow.payments.processor import card_fingerprint
+from payflow.schema import Meta, anchored
 
 MIN_AMOUNT: Final = 1
 MAX_AMOUNT: Final = 99_999_999
@@ -47,14 +56,75 @@ WALLETS: Final = ("paytm", "phonepe", "amazonpay", "mobikwik", "freecharge", "ai
 VPA_RE: Final = re.compile(r"[A-Za-z0-9.\-_]{2,256}@[A-Za-z][A-Za-z0-9]{1,64}")
 BANK_CODE_RE: Final = re.compile(r"[A-Z0-9]{2,11}")
 _CARD_DIGITS_RE: Final = re.compile(r"[0-9]{12,19}")
+_CURRENCY_CODES: Final = ", ".join(sorted(MINOR_UNITS))
 
-TOP_LEVEL_FIELDS: Final = frozenset({"amount", "currency", "method", "metadata", *METHODS})
-DETAIL_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
-    "upi": ("vpa",),
-    "card": ("number", "exp_month", "exp_year"),
-    "netbanking": ("bank_code",),
-    "wallet": ("wallet",),
+
+# --- the body, declared once: the fields known below and the OpenAPI components -------------
+
+
+class UpiInput(TypedDict):
+    vpa: Annotated[str, Meta("name@handle.", pattern=anchored(VPA_RE.pattern))]
+
+
+class CardInput(TypedDict):
+    number: Annotated[str, Meta(
+        "12-19 digits (spaces allowed) passing the Luhn check (422 invalid_card_number "
+        "otherwise). Never stored nor echoed.", pattern="^ *(?:[0-9] *){12,19}$")]
+    exp_month: Annotated[int, Meta(minimum=1, maximum=12)]
+    exp_year: Annotated[int, Meta(
+        f"A four-digit year up to {MAX_EXPIRY_YEARS_AHEAD} years from now; an expiry in the "
+        "past is 422 card_expired.", minimum=2000)]
+
+
+class NetbankingInput(TypedDict):
+    bank_code: Annotated[str, Meta(pattern=anchored(BANK_CODE_RE.pattern))]
+
+
+class WalletInput(TypedDict):
+    wallet: Annotated[str, Meta(enum=WALLETS)]
+
+
+class PaymentCreate(TypedDict):
+    """A payment to make. Errors name the first offending field in `param` (a dotted path
+    such as `card.exp_month`); null counts as absent."""
+
+    amount: Annotated[int, Meta("In minor units of the currency (1000 INR is ₹10.00).",
+                                minimum=MIN_AMOUNT, maximum=MAX_AMOUNT)]
+    currency: Annotated[str, Meta(
+        "An active ISO 4217 code, in any case (stored upper-case); anything else is 422 "
+        f"invalid_currency. The codes: {_CURRENCY_CODES}.", pattern="^[A-Za-z]{3}$",
+        examples=["INR", "usd"])]
+    method: Annotated[str, Meta(enum=METHODS)]
+    metadata: NotRequired[Annotated[
+        dict[Annotated[str, Meta(minLength=1, maxLength=MAX_METADATA_KEY_LENGTH)],
+             Annotated[str, Meta(maxLength=MAX_METADATA_VALUE_LENGTH)]] | None,
+        Meta(f"Your own string values (at most {MAX_METADATA_KEYS} keys of 1-"
+             f"{MAX_METADATA_KEY_LENGTH} characters, values of at most "
+             f"{MAX_METADATA_VALUE_LENGTH}); null is the same as absent.",
+             maxProperties=MAX_METADATA_KEYS)]]
+    # one per method (METHODS), each only with that method (422 method_mismatch)
+    upi: NotRequired[Annotated[UpiInput | None, Meta(
+        "Details of a upi payment (optional); only with the same method.")]]
+    card: NotRequired[Annotated[CardInput | None, Meta(
+        "Details of a card payment (optional); only with the same method.")]]
+    netbanking: NotRequired[Annotated[NetbankingInput | None, Meta(
+        "Details of a netbanking payment (optional); only with the same method.")]]
+    wallet: NotRequired[Annotated[WalletInput | None, Meta(
+        "Details of a wallet payment (optional); only with the same method.")]]
+
+
+class RefundCreate(TypedDict):  # POST /v1/payments/{id}/refunds (web.refunds checks it)
+    amount: NotRequired[Annotated[int, Meta(
+        "Minor units, at most what is left to refund (422 amount_too_large). Default: "
+        "everything left.", minimum=1)]]
+
+
+DETAIL_INPUTS: Final[Mapping[str, Any]] = {
+    "upi": UpiInput, "card": CardInput, "netbanking": NetbankingInput, "wallet": WalletInput,
 }
+TOP_LEVEL_FIELDS: Final = frozenset(PaymentCreate.__annotations__)
+DETAIL_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    method: tuple(body.__annotations__) for method, body in DETAIL_INPUTS.items()}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -123,10 +193,10 @@ def _method_details(method: str, raw: object, today: date) -> dict[str, Any]:
                 f"Unknown field {_show(key)} in {method} (allowed: {', '.join(allowed)}).",
                 param=f"{method}.{key}", code="unknown_field",
             )
-    return _DETAIL_VALIDATORS[method](raw, today)
+    return cast("dict[str, Any]", _DETAIL_VALIDATORS[method](raw, today))
 
 
-def _upi(raw: dict[str, Any], today: date) -> dict[str, Any]:
+def _upi(raw: dict[str, Any], today: date) -> UpiDetails:
     vpa = _str(raw, "vpa", "upi.vpa")
     if not VPA_RE.fullmatch(vpa):
         raise ValidationError(
@@ -136,7 +206,7 @@ def _upi(raw: dict[str, Any], today: date) -> dict[str, Any]:
     return {"vpa": vpa}
 
 
-def _card(raw: dict[str, Any], today: date) -> dict[str, Any]:
+def _card(raw: dict[str, Any], today: date) -> CardDetails:
     number = _str(raw, "number", "card.number").replace(" ", "")
     if not _CARD_DIGITS_RE.fullmatch(number) or not luhn_valid(number):
         raise ValidationError(
@@ -165,7 +235,7 @@ def _card(raw: dict[str, Any], today: date) -> dict[str, Any]:
     }
 
 
-def _netbanking(raw: dict[str, Any], today: date) -> dict[str, Any]:
+def _netbanking(raw: dict[str, Any], today: date) -> NetbankingDetails:
     bank_code = _str(raw, "bank_code", "netbanking.bank_code")
     if not BANK_CODE_RE.fullmatch(bank_code):
         raise ValidationError(
@@ -175,7 +245,7 @@ def _netbanking(raw: dict[str, Any], today: date) -> dict[str, Any]:
     return {"bank_code": bank_code}
 
 
-def _wallet(raw: dict[str, Any], today: date) -> dict[str, Any]:
+def _wallet(raw: dict[str, Any], today: date) -> WalletDetails:
     wallet = _str(raw, "wallet", "wallet.wallet")
     if wallet not in WALLETS:
         raise ValidationError(
@@ -185,7 +255,7 @@ def _wallet(raw: dict[str, Any], today: date) -> dict[str, Any]:
     return {"wallet": wallet}
 
 
-_DETAIL_VALIDATORS: Final[Mapping[str, Callable[[dict[str, Any], date], dict[str, Any]]]] = {
+_DETAIL_VALIDATORS: Final[Mapping[str, Callable[[dict[str, Any], date], MethodDetails]]] = {
     "upi": _upi, "card": _card, "netbanking": _netbanking, "wallet": _wallet,
 }
 
@@ -201,10 +271,10 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-CARD_BRANDS: Final = ("visa", "mastercard", "amex", "rupay", "unknown")
+CARD_BRANDS: Final[tuple[CardBrand, ...]] = get_args(CardBrand)
 
 
-def card_brand(number: str) -> str:
+def card_brand(number: str) -> CardBrand:
     """One of :data:`CARD_BRANDS`, from the number's leading digits."""
     if number.startswith("4"):
         return "visa"

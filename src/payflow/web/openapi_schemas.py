@@ -1,42 +1,62 @@
 """The component schemas, headers and parameters of the OpenAPI document (:mod:`.openapi`).
 
-Every constraint is taken from the code that enforces it (validation, models, the handlers), so
-the document cannot drift from the limits it describes. Request bodies are strict
-(``additionalProperties: false``: the API rejects unknown fields with 422 ``unknown_field``);
-response objects list every member they always carry, and may gain members later.
+The bodies are generated (:mod:`payflow.schema`) from the ``TypedDict`` each one is declared
+with, once, where the code builds or checks it: ``to_dict()`` returns (:mod:`payflow.models`),
+the request bodies the validators read (:mod:`payflow.payments.validation`,
+:mod:`payflow.webhooks.admin`). :data:`COMPONENTS` names them; what is written here by hand
+has no such type: the lists, the dashboard's data, problems, headers and parameters. Request
+bodies are strict (``additionalProperties: false``: the API rejects unknown fields with 422
+``unknown_field``); response objects list every member they always carry, and may gain
+members later.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from payflow.models import (
-    ALL_EVENT_TYPES,
-    DELIVERY_OUTCOMES,
-    MAX_ENDPOINT_DESCRIPTION,
-    METHODS,
-    PaymentStatus,
-    RefundStatus,
-)
-from payflow.payments.currencies import MINOR_UNITS
-from payflow.payments.validation import (
-    BANK_CODE_RE,
-    CARD_BRANDS,
-    MAX_AMOUNT,
-    MAX_EXPIRY_YEARS_AHEAD,
-    MAX_METADATA_KEY_LENGTH,
-    MAX_METADATA_KEYS,
-    MAX_METADATA_VALUE_LENGTH,
-    MIN_AMOUNT,
-    VPA_RE,
-    WALLETS,
-)
-from payflow.web.endpoints import EVENT_NAMES
-from payflow.web.idempotency import MAX_KEY_LENGTH
+from payflow import models
+from payflow.idempotency import MAX_KEY_LENGTH
+from payflow.models import METHODS
+from payflow.payments import validation
+from payflow.schema import Generator
 from payflow.web.problems import MAX_REQUEST_ID_LENGTH, PROBLEM_BASE
+from payflow.webhooks import admin
 
 Schema = dict[str, Any]
 
+# Component name -> the type it is generated from.
+COMPONENTS: Final[dict[str, object]] = {
+    "PaymentCreate": validation.PaymentCreate,
+    "UpiInput": validation.UpiInput,
+    "CardInput": validation.CardInput,
+    "NetbankingInput": validation.NetbankingInput,
+    "WalletInput": validation.WalletInput,
+    "RefundCreate": validation.RefundCreate,
+    "WebhookEndpointCreate": admin.WebhookEndpointCreate,
+    "WebhookEndpointUpdate": admin.WebhookEndpointUpdate,
+    "EventRetry": admin.EventRetry,
+    "Payment": models.PaymentJSON,
+    "UpiDetails": models.UpiDetails,
+    "CardDetails": models.CardDetails,
+    "NetbankingDetails": models.NetbankingDetails,
+    "WalletDetails": models.WalletDetails,
+    "Refund": models.RefundJSON,
+    "WebhookEndpoint": models.WebhookEndpointJSON,
+    "WebhookEndpointCreated": admin.WebhookEndpointCreated,
+    "WebhookEndpointRotated": admin.WebhookEndpointRotated,
+    "WebhookEndpointDeleted": admin.WebhookEndpointDeleted,
+    "Recovery": admin.Recovery,
+    "Event": models.ApiEventJSON,
+    "EventRetryQueued": admin.EventRetryQueued,
+    "DeliveryAttempt": models.DeliveryAttemptJSON,
+}
+# The request bodies: closed.
+REQUESTS: Final = frozenset(COMPONENTS[name] for name in (
+    "PaymentCreate", "UpiInput", "CardInput", "NetbankingInput", "WalletInput", "RefundCreate",
+    "WebhookEndpointCreate", "WebhookEndpointUpdate", "EventRetry"))
+# Shown as the base's $ref and the members they add.
+EXTENDS: Final[dict[object, object]] = {admin.WebhookEndpointCreated: models.WebhookEndpointJSON,
+                  admin.WebhookEndpointRotated: models.WebhookEndpointJSON}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -78,11 +98,6 @@ def obj(properties: dict[str, Schema], *, required: tuple[str, ...] | None = Non
     return _described({**schema, **extra}, description)
 
 
-def extends(base: str, properties: dict[str, Schema], description: str) -> Schema:
-    """``base`` with more (always present) members."""
-    return {"description": description, "allOf": [ref(base), obj(properties)]}
-
-
 def list_of(item: str, *, url: str | None = None, paged: bool = True) -> Schema:
     has_more = ("true when more items follow the last one; fetch them with "
                 "starting_after=<id of the last item>." if paged else "Always false.")
@@ -99,165 +114,21 @@ def _described(schema: Schema, description: str | None) -> Schema:
     return schema if description is None else {"description": description, **schema}
 
 
-def anchored(pattern: str) -> str:
-    """A Python full-match regular expression as an anchored JSON Schema pattern."""
-    return f"^(?:{pattern})$"
+# --- generated ------------------------------------------------------------------------------
 
 
-# --- request bodies --------------------------------------------------------------------------
-
-CURRENCY_CODES: Final = ", ".join(sorted(MINOR_UNITS))
-
-
-def _payment_create() -> Schema:
-    details = {"upi": "UpiInput", "card": "CardInput", "netbanking": "NetbankingInput",
-               "wallet": "WalletInput"}
-    properties: dict[str, Schema] = {
-        "amount": integer("In minor units of the currency (1000 INR is ₹10.00).",
-                          minimum=MIN_AMOUNT, maximum=MAX_AMOUNT),
-        "currency": string(
-            "An active ISO 4217 code, in any case (stored upper-case); anything else is "
-            f"422 invalid_currency. The codes: {CURRENCY_CODES}.",
-            pattern="^[A-Za-z]{3}$", examples=["INR", "usd"]),
-        "method": {"enum": list(METHODS)},
-        "metadata": nullable({
-            "type": "object", "maxProperties": MAX_METADATA_KEYS,
-            "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY_LENGTH},
-            "additionalProperties": string(maxLength=MAX_METADATA_VALUE_LENGTH),
-            "description": f"Your own string values (at most {MAX_METADATA_KEYS} keys of 1-"
-                           f"{MAX_METADATA_KEY_LENGTH} characters, values of at most "
-                           f"{MAX_METADATA_VALUE_LENGTH}); null is the same as absent."}),
-    }
-    for method, name in details.items():
-        properties[method] = {"oneOf": [ref(name), {"type": "null"}],
-                              "description": f"Details of a {method} payment (optional); "
-                                             "only with the same method."}
+def _generated() -> dict[str, Schema]:
+    generated = Generator({tp: name for name, tp in COMPONENTS.items()}, closed=REQUESTS,
+                          extends=EXTENDS).components()
     # Details for a method other than the chosen one: 422 method_mismatch.
-    mismatch = [{"if": obj({"method": const(method)}),
-                 "then": {"properties": {other: {"type": "null"}
-                                         for other in METHODS if other != method}}}
-                for method in METHODS]
-    return obj(properties, required=("amount", "currency", "method"), closed=True,
-               allOf=mismatch, description=(
-                   "A payment to make. Errors name the first offending field in `param` "
-                   "(a dotted path such as `card.exp_month`); null counts as absent."))
+    generated["PaymentCreate"]["allOf"] = [
+        {"if": obj({"method": const(method)}),
+         "then": {"properties": {other: {"type": "null"} for other in METHODS if other != method}}}
+        for method in METHODS]
+    return generated
 
 
-def _card_input() -> Schema:
-    return obj({
-        "number": string("12-19 digits (spaces allowed) passing the Luhn check (422 "
-                         "invalid_card_number otherwise). Never stored nor echoed.",
-                         pattern="^ *(?:[0-9] *){12,19}$"),
-        "exp_month": integer(minimum=1, maximum=12),
-        "exp_year": integer(f"A four-digit year up to {MAX_EXPIRY_YEARS_AHEAD} years from now; "
-                            "an expiry in the past is 422 card_expired.", minimum=2000),
-    }, closed=True)
-
-
-def _endpoint_fields(*, creating: bool) -> Schema:
-    events = ["*", *sorted(EVENT_NAMES)]
-    return obj({
-        "url": string("An http:// or https:// URL with a host.",
-                      pattern="^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+"),
-        "enabled_events": {"type": "array", "minItems": 1, "items": {"enum": events},
-                           "description": "The event types to deliver; '*' for all."
-                                          + (" Default: ['*']." if creating else "")},
-        "description": string(maxLength=MAX_ENDPOINT_DESCRIPTION),
-        "disabled": {"type": "boolean", "description": (
-            "A disabled endpoint gets no deliveries. Enabling it clears disabled_reason and "
-            "failing_since.")},
-    }, required=("url",) if creating else (), closed=True)
-
-
-# --- resources -------------------------------------------------------------------------------
-
-
-def _payment() -> Schema:
-    return obj({
-        "id": string("pay_<hex>; a payment from a legacy job keeps the job's id."),
-        "object": const("payment"),
-        "amount": nullable(integer("Minor units; null for a payment from a legacy job.")),
-        "amount_refunded": integer(minimum=0),
-        "currency": nullable(string("ISO 4217, upper-case; null for a legacy payment.")),
-        "method": {"enum": list(METHODS)},
-        "method_details": {"anyOf": [ref("UpiDetails"), ref("CardDetails"),
-                                     ref("NetbankingDetails"), ref("WalletDetails"),
-                                     {"type": "object", "maxProperties": 0}],
-                           "description": "What the method's details were reduced to: a "
-                                          "card keeps brand, last 4, expiry and fingerprint."},
-        "status": {"enum": [s.value for s in PaymentStatus]},
-        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-        "created_at": timestamp("When the payment was created."),
-        "updated_at": timestamp("When it last changed."),
-        "failure_code": nullable(string()),
-        "failure_message": nullable(string()),
-        "sequence": integer("Bumped by every transition: drop webhook states older than the "
-                            "last one you saw.", minimum=0),
-    }, description="A payment: pending → processing → succeeded | failed, or pending → "
-                   "canceled; a succeeded payment may become partially_refunded or refunded.")
-
-
-def _refund() -> Schema:
-    return obj({
-        "id": string(pattern="^re_"),
-        "object": const("refund"),
-        "payment_id": string(),
-        "amount": integer(minimum=1),
-        "currency": nullable(string()),
-        "status": {"enum": [s.value for s in RefundStatus]},
-        "failure_code": nullable(string()),
-        "failure_message": nullable(string()),
-        "created_at": timestamp("When the refund was created."),
-        "updated_at": timestamp("When it last changed."),
-    }, description="A refund: pending until a consumer takes it to succeeded or failed.")
-
-
-def _endpoint() -> Schema:
-    return obj({
-        "id": string(pattern="^ep_"),
-        "object": const("webhook_endpoint"),
-        "url": string(),
-        "enabled_events": {"type": "array", "items": {"type": "string"}},
-        "disabled": {"type": "boolean"},
-        "disabled_reason": nullable(string()),
-        "description": string(),
-        "source": {"enum": ["api", "config"]},
-        "signed": {"type": "boolean", "description": "Whether its webhooks are signed."},
-        "created_at": timestamp("When the endpoint was created."),
-        "updated_at": timestamp("When it last changed."),
-        "failing_since": nullable(timestamp("Start of the current run of failed attempts.")),
-    }, description="A webhook receiver (its secrets are never shown after creation).")
-
-
-def _event() -> Schema:
-    return obj({
-        "object": const("event"),
-        "id": string(pattern="^evt_"),
-        "type": {"enum": list(ALL_EVENT_TYPES)},
-        "timestamp": timestamp("When the transition happened."),
-        "data": {"oneOf": [ref("Payment"), ref("Refund")],
-                 "description": "The payment (payment.*) or refund (refund.*) as it was."},
-    }, description="What a webhook carries.")
-
-
-def _attempt() -> Schema:
-    return obj({
-        "id": string(pattern="^att_"),
-        "object": const("delivery_attempt"),
-        "event_id": string(),
-        "endpoint_id": string("An endpoint id, or 'log' for the log sink."),
-        "attempt": integer(minimum=1),
-        "outcome": {"enum": list(DELIVERY_OUTCOMES), "description": (
-            "retrying: next_retry_at says when; dead: no more attempts; refused: the SSRF "
-            "guard refused the address; disabled: the endpoint was disabled (410 Gone or "
-            "failing too long); skipped: it was disabled when the event came.")},
-        "at": timestamp("When the attempt was made."),
-        "status": nullable(integer("The receiver's HTTP status.")),
-        "error": nullable(string()),
-        "latency_ms": {"type": "number", "minimum": 0},
-        "response_body": string("The start of the receiver's answer."),
-        "next_retry_at": nullable(timestamp("When the next attempt is due.")),
-    }, description="One try at delivering one event to one endpoint.")
+# --- written here ----------------------------------------------------------------------------
 
 
 def _operation_schemas() -> dict[str, Schema]:
@@ -347,60 +218,11 @@ def _problem() -> Schema:
 
 def schemas() -> dict[str, Schema]:
     """``components.schemas``."""
-    delivered_secret = string("The signing secret (whsec_...): shown only here, keep it.",
-                              pattern="^whsec_")
     return {
-        "PaymentCreate": _payment_create(),
-        "UpiInput": obj({"vpa": string("name@handle.", pattern=anchored(VPA_RE.pattern))},
-                        closed=True),
-        "CardInput": _card_input(),
-        "NetbankingInput": obj({"bank_code": string(pattern=anchored(BANK_CODE_RE.pattern))},
-                               closed=True),
-        "WalletInput": obj({"wallet": {"enum": list(WALLETS)}}, closed=True),
-        "RefundCreate": obj({"amount": integer(
-            "Minor units, at most what is left to refund (422 amount_too_large). Default: "
-            "everything left.", minimum=1)}, closed=True),
-        "WebhookEndpointCreate": _endpoint_fields(creating=True),
-        "WebhookEndpointUpdate": _endpoint_fields(creating=False),
-        "EventRetry": obj({"endpoint_id": nullable(string(
-            "Deliver to this endpoint only; absent or null: to every subscribed endpoint."))},
-            required=(), closed=True),
-        "Payment": _payment(),
+        **_generated(),
         "PaymentList": list_of("Payment", url="/v1/payments"),
-        "UpiDetails": obj({"vpa": string()}),
-        "CardDetails": obj({"brand": {"enum": list(CARD_BRANDS)},
-                            "last4": string(pattern="^[0-9]{4}$"),
-                            "exp_month": integer(minimum=1, maximum=12),
-                            "exp_year": integer(),
-                            "fingerprint": string()}),
-        "NetbankingDetails": obj({"bank_code": string()}),
-        "WalletDetails": obj({"wallet": string()}),
-        "Refund": _refund(),
-        "WebhookEndpoint": _endpoint(),
-        "WebhookEndpointCreated": extends("WebhookEndpoint", {"secret": delivered_secret},
-                                          "The new endpoint with its signing secret."),
-        "WebhookEndpointRotated": extends("WebhookEndpoint", {
-            "secret": delivered_secret,
-            "previous_secrets_expire_at": {
-                "type": "array", "items": timestamp("Until when an old secret signs too."),
-                "description": "The secrets still signing during the rotation grace."}},
-            "The endpoint with its new current secret."),
-        "WebhookEndpointDeleted": obj({"id": string(), "object": const("webhook_endpoint"),
-                                       "deleted": const(True)}),
         "WebhookEndpointList": list_of("WebhookEndpoint", paged=False),
-        "Recovery": obj({
-            "object": const("recovery"),
-            "endpoint_id": string(),
-            "since": string("The since parameter as given (default: 24 hours ago)."),
-            "requeued": integer(minimum=0),
-            "event_ids": {"type": "array", "items": string()},
-        }, description="The events whose last attempt at the endpoint was dead, refused, "
-                       "disabled or skipped since `since`, queued again."),
-        "Event": _event(),
         "EventList": list_of("Event"),
-        "EventRetryQueued": obj({"object": const("retry"), "event_id": string(),
-                                 "endpoint_id": nullable(string()), "queued": const(True)}),
-        "DeliveryAttempt": _attempt(),
         "DeliveryAttemptList": list_of("DeliveryAttempt", paged=False),
         "RefundList": list_of("Refund", paged=False),
         "Health": obj({"status": const("ok")}),

@@ -9,15 +9,25 @@ addresses the SSRF policy refuses), :class:`NotFound`, :class:`Conflict`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal, NotRequired, TypedDict
 
 import structlog
 
 from payflow import metrics
 from payflow.errors import Conflict, NotFound, QueueUnavailable, ValidationError
 from payflow.jobs import WebhookJob
-from payflow.models import DeliveryAttempt, EndpointSecret, Event, WebhookEndpoint, now_iso
+from payflow.models import (
+    ALL_EVENT_TYPES,
+    MAX_ENDPOINT_DESCRIPTION,
+    DeliveryAttempt,
+    EndpointSecret,
+    Event,
+    WebhookEndpoint,
+    WebhookEndpointJSON,
+    now_iso,
+)
 from payflow.payments.intake import Push, push_or_refuse
+from payflow.schema import Meta
 from payflow.store.base import Store
 from payflow.webhooks import endpoints as eps
 from payflow.webhooks.signing import new_secret
@@ -36,6 +46,80 @@ log = structlog.get_logger("payflow.webhooks")
 SETTLED: Final = frozenset({"succeeded", "retrying"})
 RECOVER_LIMIT: Final = 10_000  # events looked at per recovery
 _PAGE: Final = 500
+
+
+# --- the bodies of the webhooks API (the OpenAPI components are generated from them) ---------
+
+EndpointUrl = Annotated[str, Meta("An http:// or https:// URL with a host.",
+                                  pattern="^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+")]
+EnabledEvents = Annotated[list[Annotated[str, Meta(enum=("*", *sorted(ALL_EVENT_TYPES)))]],
+                          Meta("The event types to deliver; '*' for all.", minItems=1)]
+EndpointDescription = Annotated[str, Meta(maxLength=MAX_ENDPOINT_DESCRIPTION)]
+EndpointDisabled = Annotated[bool, Meta("A disabled endpoint gets no deliveries. Enabling it "
+                                        "clears disabled_reason and failing_since.")]
+
+
+class WebhookEndpointCreate(TypedDict):
+    url: EndpointUrl
+    enabled_events: NotRequired[Annotated[EnabledEvents, Meta(
+        "The event types to deliver; '*' for all. Default: ['*'].")]]
+    description: NotRequired[EndpointDescription]
+    disabled: NotRequired[EndpointDisabled]
+
+
+class WebhookEndpointUpdate(TypedDict, total=False):
+    url: EndpointUrl
+    enabled_events: EnabledEvents
+    description: EndpointDescription
+    disabled: EndpointDisabled
+
+
+class EventRetry(TypedDict):
+    endpoint_id: NotRequired[Annotated[str | None, Meta(
+        "Deliver to this endpoint only; absent or null: to every subscribed endpoint.")]]
+
+
+Secret = Annotated[str, Meta("The signing secret (whsec_...): shown only here, keep it.",
+                             pattern="^whsec_")]
+
+
+class WebhookEndpointCreated(WebhookEndpointJSON):
+    """The new endpoint with its signing secret."""
+
+    secret: Secret
+
+
+class WebhookEndpointRotated(WebhookEndpointJSON):
+    """The endpoint with its new current secret."""
+
+    secret: Secret
+    previous_secrets_expire_at: Annotated[
+        list[Annotated[str, Meta("Until when an old secret signs too.", format="date-time")]],
+        Meta("The secrets still signing during the rotation grace.")]
+
+
+class WebhookEndpointDeleted(TypedDict):
+    id: str
+    object: Literal["webhook_endpoint"]
+    deleted: Literal[True]
+
+
+class Recovery(TypedDict):
+    """The events whose last attempt at the endpoint was dead, refused, disabled or skipped
+    since `since`, queued again."""
+
+    object: Literal["recovery"]
+    endpoint_id: str
+    since: Annotated[str, Meta("The since parameter as given (default: 24 hours ago).")]
+    requeued: Annotated[int, Meta(minimum=0)]
+    event_ids: list[str]
+
+
+class EventRetryQueued(TypedDict):
+    object: Literal["retry"]
+    event_id: str
+    endpoint_id: str | None
+    queued: Literal[True]
 
 
 class Webhooks:
