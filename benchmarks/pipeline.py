@@ -62,6 +62,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
+from benchmarks.receiver import new_event_loop
 from payflow.webhooks.signing import new_secret
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -867,8 +868,9 @@ def main() -> None:
                         help="a Python with arq and saq ($PAYFLOW_BENCH_PEER_PYTHON, else "
                              "this one)")
     parser.add_argument("--profile", metavar="DIR",
-                        help="sample each daemon with py-spy (pip install py-spy) into DIR/<run>.txt; "
-                             "summarise with scripts/profile_summary.py DIR/<run>.txt")
+                        help="sample each daemon with py-spy (pip install py-spy) into "
+                             "DIR/<run>.txt; summarise with scripts/profile_summary.py "
+                             "DIR/<run>.txt")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the work directory with every process's log")
     args = parser.parse_args()
@@ -892,7 +894,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="payflow-bench-"))
     signal.signal(signal.SIGTERM, _interrupt)  # stop every process started, as on Ctrl-C
     try:
-        code = asyncio.run(run(args, selected, workdir))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            code = runner.run(run(args, selected, workdir))
     except KeyboardInterrupt:
         code = 130
     finally:

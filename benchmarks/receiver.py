@@ -12,6 +12,7 @@ the secrets to verify with, ``GET /_stats`` answers ``{"count", "rejected", "dup
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from typing import Any
 
@@ -94,7 +95,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     web.run_app(make_app(), host="127.0.0.1", port=args.port, access_log=None, print=None,
-                handle_signals=True)
+                handle_signals=True, loop=new_event_loop())
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's when it is installed (the `fast` extra), as the daemon runs: the receiver and
+    the load generator share the machine with what they measure, so they should cost little."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ class StubResolver(AbstractResolver):
     def __init__(self, table: dict[str, Sequence[str]]) -> None:
         self.table = table
         self.calls: list[str] = []
+        self.families: list[socket.AddressFamily] = []  # asked for, one per call
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         self.calls.append(host)
+        self.families.append(family)
         if host not in self.table:
             raise OSError(None, f"no such host {host}")
         return [ResolveResult(hostname=host, host=address, port=port,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
@@ -147,8 +148,8 @@ async def test_jobs_moved_by_a_lost_fetch_reply_are_put_back(fake_redis: Redis) 
     assert any(e["event"] == "queue.recovered_unseen_jobs" and e["jobs"] == 2 for e in logs)
 
 
-async def test_a_slow_job_does_not_hold_back_fetching_in_streaming_mode(
-        fake_redis: Redis) -> None:
+def slow_handler() -> tuple[asyncio.Event, list[bytes], Callable[[bytes], Awaitable[Outcome]]]:
+    """A handler that holds the job ``b"slow"`` until the event is set; the jobs it finished."""
     release = asyncio.Event()
     handled: list[bytes] = []
 
@@ -158,6 +159,12 @@ async def test_a_slow_job_does_not_hold_back_fetching_in_streaming_mode(
         handled.append(raw)
         return Outcome()
 
+    return release, handled, handler
+
+
+async def test_a_slow_job_does_not_hold_back_fetching_in_streaming_mode(
+        fake_redis: Redis) -> None:
+    release, handled, handler = slow_handler()
     client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:w1")
     consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=10,
                         block_seconds=0.1, stream=True)
@@ -176,6 +183,31 @@ async def test_a_slow_job_does_not_hold_back_fetching_in_streaming_mode(
     async with asyncio.timeout(5):
         await task
     assert handled[-1] == b"slow" and await fake_redis.llen(client.processing) == 0
+
+
+async def test_by_default_a_batch_is_finished_before_the_next_is_fetched(
+        fake_redis: Redis) -> None:
+    """Batch mode, the default: a slow job holds back the next fetch (unlike streaming)."""
+    release, handled, handler = slow_handler()
+    client = QueueClient(fake_redis, queue=Q, forward=W, consumer_id="t:p1")
+    consumer = Consumer(client=client, handler=PerJob(handler), stop=asyncio.Event(), batch_size=2,
+                        block_seconds=0.1)
+    await fake_redis.lpush(Q, b"slow", b"quick")
+    task = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        while handled != [b"quick"]:
+            await asyncio.sleep(0.01)
+    await fake_redis.lpush(Q, b"next")
+    await asyncio.sleep(0.3)  # a streaming consumer would have taken "next" by now
+    assert await fake_redis.lrange(Q, 0, -1) == [b"next"]
+    assert handled == [b"quick"]
+    release.set()
+    async with asyncio.timeout(5):
+        while b"next" not in handled:
+            await asyncio.sleep(0.01)
+    consumer.stop.set()
+    async with asyncio.timeout(5):
+        await task
 
 
 async def test_the_after_hooks_of_a_batch_run_side_by_side(fake_redis: Redis) -> None:

@@ -29,6 +29,7 @@ from payflow.webhooks.delivery import (
 )
 from payflow.webhooks.ssrf import AddressPolicy, SSRFRefused
 from payflow.webhooks.transport import make_transport
+from resolvers import StubResolver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PAYMENT = Payment(id="pay_ü", method="upi", amount=2500, currency="INR",
@@ -166,6 +167,35 @@ async def test_a_connection_failure_is_named_and_timed() -> None:
                                          EVENT)
         assert refused.ok is False and refused.refused and refused.latency_ms > 0
         assert (refused.error or "").startswith("ssrf_refused: 10.0.0.1 is a private address")
+
+
+async def test_a_name_that_does_not_resolve_is_a_connection_failure() -> None:
+    policy = AddressPolicy([])
+    names = StubResolver({})  # knows no name
+    async with closing(HttpDelivery(make_transport(policy, inner_resolver=names), timeout=2.0,
+                                    policy=policy)) as delivery:
+        attempt = await delivery.deliver(WebhookEndpoint(id="ep_1", url="https://gone.test/"),
+                                         EVENT)
+    assert attempt == Attempt(ok=False, error="connection_failed: no such host gone.test",
+                              latency_ms=attempt.latency_ms)
+    assert attempt.latency_ms > 0 and names.calls == ["gone.test"]
+
+
+async def test_an_event_id_no_header_can_carry_is_not_sent() -> None:
+    policy = AddressPolicy([])
+    names = StubResolver({})
+    async with closing(HttpDelivery(make_transport(policy, inner_resolver=names), timeout=2.0,
+                                    policy=policy)) as delivery:
+        for bad in ("evt_1\r\nX-Injected: 1", "evt_é"):
+            attempt = await delivery.deliver(
+                WebhookEndpoint(id="ep_1", url="https://h.test/"),
+                Event(id=bad, type="payment.succeeded", timestamp=EVENT.timestamp,
+                      data=EVENT.data))
+            assert attempt == Attempt(
+                ok=False, error=f"bad_request: the event id {bad!r} cannot be sent in a header",
+                latency_ms=attempt.latency_ms)
+            assert 0 < attempt.latency_ms < 1000
+    assert names.calls == []  # nothing was even looked up
 
 
 def socket_port() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -193,6 +194,7 @@ async def test_a_connection_idle_too_long_is_not_reused(
         await asyncio.sleep(0.1)
         await transport.post(url, b"", b"", cap=10)
         assert server.connections == 2
+        assert len(transport._open) == 1  # the stale one was closed and forgotten
     finally:
         await transport.close()
 
@@ -352,6 +354,19 @@ async def test_a_stale_pooled_connection_is_replaced_once(
     assert server.connections == 19
 
 
+async def test_a_request_on_a_connection_being_closed_fails_at_once(
+        serve: Callable[..., Awaitable[RawServer]], transport: Transport) -> None:
+    server = await serve(keep_alive())
+    conn = await transport._connect(_Target(f"http://127.0.0.1:{server.port}/"))
+    assert conn.transport is not None
+    conn.transport.close()
+    with pytest.raises(TransportError) as info:
+        await conn.request(b"POST / HTTP/1.1\r\n\r\n", 10)
+    assert (info.value.kind, str(info.value)) == ("connection_closed",
+                                                  "the server closed the connection")
+    assert server.requests == []
+
+
 async def test_a_fresh_connection_closed_without_an_answer_fails(
         serve: Callable[..., Awaitable[RawServer]], transport: Transport) -> None:
     server = await serve(once(b""))
@@ -478,6 +493,9 @@ async def test_close_closes_every_connection(serve: Callable[..., Awaitable[RawS
 def test_the_limits_and_the_bounded_url_cache() -> None:
     assert make_transport(LOCAL).limit == 100
     assert make_transport(LOCAL, limit=7).limit == 7
+    assert Transport(GuardedResolver(LOCAL)).limit == 100
+    once = make_transport(LOCAL)
+    assert once._target("https://a.example/x") is once._target("https://a.example/x")
     transport = make_transport(LOCAL)
     for n in range(10_000):
         transport._target(f"https://h{n}.example.com/")
@@ -497,6 +515,7 @@ async def test_names_are_resolved_once_per_dns_seconds_and_every_address_is_trie
         for _ in range(3):
             assert (await transport.post(url, b"", b"", cap=10)).body == b"ok"
         assert names.calls == ["hooks.test"]
+        assert names.families == [socket.AF_UNSPEC]  # IPv4 and IPv6 addresses
         assert server.connections == 3
         assert server.requests[0].startswith(b"POST / HTTP/1.1\r\nHost: hooks.test:%d\r\n"
                                              % server.port)

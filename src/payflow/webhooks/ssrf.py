@@ -21,9 +21,8 @@ An IP literal with a trailing dot (``127.0.0.1.``) is the same address everywher
 it would fail as a name, or as a non-canonical address, and be retried for nothing): it is
 judged, and connected to, as ``127.0.0.1``.
 
-A refusal is an :class:`SSRFRefused` (an ``OSError``); :func:`refusal_in` digs it out of a
-chain of exceptions, so delivery can record the reason and not retry an attempt that can never
-succeed.
+A refusal is an :class:`SSRFRefused` (an ``OSError``), raised as it is to the delivery, which
+records the reason and does not retry an attempt that can never succeed.
 """
 
 from __future__ import annotations
@@ -31,11 +30,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
@@ -98,7 +96,7 @@ class SSRFRefused(OSError):
     """A destination the address policy refuses. ``str(exc)`` is :attr:`reason`."""
 
     def __init__(self, host: str, address: str | None, reason: str) -> None:
-        super().__init__(None, reason)  # strerror = reason: aiohttp's wrapper shows it
+        super().__init__()
         self.host = host
         self.address = address
         self.reason = reason
@@ -322,24 +320,3 @@ async def check_destination(url: str, policy: AddressPolicy, *,
         raise refused[0]
     log.info("webhook.endpoint_unresolved", host=host,
              detail=f"{host} resolves to no address; it is checked again at delivery")
-
-
-def refusal_in(exc: BaseException) -> SSRFRefused | None:
-    """The :class:`SSRFRefused` behind ``exc`` (itself, its cause/context chain, the
-    ``os_error`` of aiohttp's connector errors, members of exception groups), or ``None``."""
-    todo: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while todo:
-        cur = todo.pop(0)
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, SSRFRefused):
-            return cur
-        more: Iterable[BaseException | None] = (cur.__cause__, cur.__context__)
-        if isinstance(cur, aiohttp.ClientConnectorError):
-            more = (cur.os_error, *more)
-        if isinstance(cur, BaseExceptionGroup):
-            more = (*more, *cur.exceptions)
-        todo.extend(e for e in more if e is not None)
-    return None

@@ -126,7 +126,7 @@ class _Connection(asyncio.Protocol):
             self._fail(TransportError("bad_response", f"unreadable HTTP answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.close()
         current = self.exchange
         if current.status and not current.complete and not current.framed:
             self._finish()  # an answer delimited by the end of the connection
@@ -318,7 +318,7 @@ class Transport:
         cached = self._dns.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        found = await self.resolver.resolve(target.host, target.port, family=socket.AF_UNSPEC)
+        found = await self.resolver.resolve(target.host, family=socket.AF_UNSPEC)
         addresses = [result["host"] for result in found]
         if len(self._dns) >= 10_000:
             self._dns.clear()
