@@ -275,13 +275,14 @@ async def test_keys_are_scoped_to_the_api_key(api: Api) -> None:
 
 async def test_a_404_outcome_is_replayed_with_the_new_request_id(api: Api) -> None:
     path = f"{ENDPOINTS}/we_missing/rotate_secret"
-    first, _, d1 = await api.post({}, key="k-5", path=path)
+    first, raw1, d1 = await api.post({}, key="k-5", path=path)
     assert_problem(first, d1, 404, "webhook_endpoint_not_found")
-    assert "Idempotent-Replayed" not in first.headers
-    again, _, d2 = await api.post({}, key="k-5", path=path)
+    assert "Idempotent-Replayed" not in first.headers and "param" not in d1
+    again, raw2, d2 = await api.post({}, key="k-5", path=path)
     assert_problem(again, d2, 404, "webhook_endpoint_not_found")
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert d2["detail"] == d1["detail"] and d2["request_id"] != d1["request_id"]
+    assert d2["request_id"] != d1["request_id"]
+    assert raw2 == raw1.replace(d1["request_id"].encode(), d2["request_id"].encode())
 
 
 async def test_a_409_conflict_of_the_core_is_replayed(api: Api) -> None:
@@ -294,7 +295,29 @@ async def test_a_409_conflict_of_the_core_is_replayed(api: Api) -> None:
     again, _, d2 = await api.post({}, key="k-5b", path=path)
     assert_problem(again, d2, 409, "payment_not_cancelable")
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert d2["detail"] == d1["detail"] and d2["request_id"] != d1["request_id"]
+    assert d1["current_status"] == "succeeded"  # a member beyond the usual ones
+    assert d2 == {**d1, "request_id": again.headers["Request-Id"]}  # in the same order
+    assert list(d2) == list(d1) and d2["request_id"] != d1["request_id"]
+
+
+async def test_a_problem_kept_by_the_previous_version_is_replayed_whole(api: Api) -> None:
+    """The Redis record of a kept problem is unchanged: one written before the replays carried
+    every member replays them all."""
+    path = f"/v1/payments/{PAID}/cancel"
+    fp = hashlib.sha256(f"POST\n{path}\n{{}}".encode()).hexdigest()
+    await api.redis.set(redis_key("k-old"), json.dumps({
+        "state": "done", "fp": fp, "status": 409,
+        "problem": {"title": "Conflict", "status": 409, "detail": "Too late.",
+                    "code": "payment_not_cancelable", "current_status": "succeeded",
+                    "slug": "payment-not-cancelable", "headers": {}}}))
+    resp, raw, data = await api.post({}, key="k-old", path=path)
+    assert_problem(resp, data, 409, "payment_not_cancelable")
+    assert resp.headers["Idempotent-Replayed"] == "true"
+    assert raw == json.dumps({
+        "type": "https://payflow.dev/problems/payment-not-cancelable", "title": "Conflict",
+        "status": 409, "detail": "Too late.", "request_id": resp.headers["Request-Id"],
+        "code": "payment_not_cancelable", "current_status": "succeeded"},
+        separators=(",", ":")).encode()
 
 
 # --- what is not stored -----------------------------------------------------------------------

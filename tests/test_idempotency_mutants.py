@@ -25,14 +25,7 @@ from conftest import ServeApp
 from payflow.errors import PayFlowError
 from payflow.idempotency import REDACTED, IdempotencyKeys
 from payflow.web import problems
-from payflow.web.idempotency import (
-    Idempotency,
-    invalid_key,
-    key_required,
-    middleware,
-    parse_key,
-    unavailable,
-)
+from payflow.web.idempotency import Idempotency, middleware, parse_key
 
 Make = Callable[..., Awaitable[tuple[TestClient[Any, Any], Idempotency, dict[str, int]]]]
 
@@ -42,8 +35,10 @@ def redis_key(key: str, scope: str = "anonymous") -> str:
 
 
 async def _problem_409(request: web.Request) -> web.StreamResponse:
-    raise problems.Problem(409, "busy-thing", "Busy thing", "It is busy.", code="busy_thing",
-                           param="amount", headers={"X-Why": "busy"})
+    problem = problems.Problem(409, "busy-thing", "Busy thing", "It is busy.", code="busy_thing",
+                               param="amount", headers={"X-Why": "busy"})
+    problem.extra = {"current_status": "busy", "z": None, "a": [1]}  # kept in this order
+    raise problem
 
 
 async def _unmapped(request: web.Request) -> web.StreamResponse:
@@ -156,17 +151,28 @@ def test_the_problems_of_the_middleware() -> None:
     def parts(p: problems.Problem) -> tuple[Any, ...]:
         return p.status, p.slug, p.title, p.detail, p.code, p.headers
 
-    assert parts(key_required()) == (
+    assert parts(problems.key_required()) == (
         400, "idempotency-key-required", "Idempotency-Key required",
         "This request changes state and must carry an Idempotency-Key header.",
         "idempotency_key_required", {})
-    assert parts(invalid_key("why")) == (400, "invalid-idempotency-key",
+    assert parts(problems.invalid_key("why")) == (400, "invalid-idempotency-key",
                                          "Invalid Idempotency-Key", "why",
                                          "invalid_idempotency_key", {})
-    assert parts(unavailable()) == (
+    assert parts(problems.idempotency_unavailable()) == (
         503, "idempotency-unavailable", "Idempotency store unavailable",
         "The Idempotency-Key store does not answer; the request was not processed. "
         "Retry shortly.", "idempotency_unavailable", {"Retry-After": "1"})
+
+
+@pytest.mark.parametrize("problem", [
+    problems.key_in_flight(), problems.invalid_key("why"),
+    problems.Problem(422, "v", "V", "d", code="c", param=None),
+    problems.conflict("Too late.", code="payment_not_cancelable", status="succeeded")])
+def test_a_restored_problem_has_the_same_body(problem: problems.Problem) -> None:
+    kept = {k: v for k, v in problem.body("req_1").items() if k not in ("type", "request_id")}
+    again = problems.Problem.restore(problem.status, problem.slug, kept, problem.headers)
+    assert again.headers == problem.headers
+    assert list(again.body("req_2").items()) == list({**problem.body("req_2")}.items())
 
 
 def test_parse_key_edges() -> None:
@@ -245,10 +251,13 @@ async def test_a_raised_409_problem_is_replayed_whole(make: Make) -> None:
     first, again = json.loads(raw1), json.loads(raw2)
     assert calls["problem"] == 1 and s2 == 409
     assert h2["Idempotent-Replayed"] == "true" and h2["X-Why"] == h1["X-Why"] == "busy"
-    assert again["request_id"] != first["request_id"]
-    del first["request_id"], again["request_id"]
-    assert again == first == {"type": first["type"], "title": "Busy thing", "status": 409,
-                              "detail": "It is busy.", "code": "busy_thing", "param": "amount"}
+    assert again["request_id"] != first["request_id"] == h1["Request-Id"]
+    assert again["request_id"] == h2["Request-Id"]
+    assert raw2 == raw1.replace(h1["Request-Id"].encode(), h2["Request-Id"].encode())
+    assert first == {"type": "https://payflow.dev/problems/busy-thing", "title": "Busy thing",
+                     "status": 409, "detail": "It is busy.", "request_id": h1["Request-Id"],
+                     "code": "busy_thing", "param": "amount", "current_status": "busy",
+                     "z": None, "a": [1]}
 
 
 async def test_an_error_that_is_no_problem_releases_the_key(make: Make) -> None:

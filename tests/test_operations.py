@@ -121,3 +121,12 @@ def test_status_prints_the_rates() -> None:
                                 "RETRIED/S", "DEAD/S"]
     assert lines[1].split() == [Q, "1", "2", "3", "4", "12.35", "0.50", "0.00"]
     assert lines[1].endswith("0.00") and lines[0].endswith("DEAD/S")  # right-aligned
+
+
+def test_the_documented_rates_are_the_published_outcomes() -> None:
+    """QueueRates (the OpenAPI component of the rates maps) names the outcomes JobRates
+    publishes and queue_status sums, in their order."""
+    from payflow.operations import QueueRates
+    from payflow.queue.liveness import RATE_OUTCOMES
+
+    assert tuple(QueueRates.__annotations__) == RATE_OUTCOMES

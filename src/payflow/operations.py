@@ -1,18 +1,22 @@
 """Operating PayFlow: what ``payflow status`` and the dashboard show and do, for every caller.
 
-- :func:`gather`: the queues (ready, processing, delayed, dead), the registered daemons
+- :func:`queue_status`: the queues (ready, processing, delayed, dead), the registered daemons
   (heartbeat, in-flight jobs, processing rates) and the store kinds, read from Redis alone;
-  ``payflow status`` prints it, ``GET /v1/queues`` answers it.
+  ``payflow status`` prints it (:func:`gather`: as a plain dict), ``GET /v1/queues`` answers
+  it.
 - :class:`Operations`: the service behind the dashboard's routes: that overview, the dead
   letters of a queue (list, replay one or all, purge; built on
   :mod:`payflow.queue.deadletters`), the events of a payment and the delivery health of a
   webhook endpoint.
 
 Rates come from the daemons: each publishes, with its heartbeat, the jobs it finished per
-second over the last minute (:class:`payflow.queue.liveness.JobRates`); :func:`gather` sums
-those of the live daemons. :class:`Operations` raises :class:`ValidationError` (an unknown
+second over the last minute (:class:`payflow.queue.liveness.JobRates`); :func:`queue_status`
+sums those of the live daemons. :class:`Operations` raises :class:`ValidationError` (an unknown
 queue), :class:`NotFound` and :class:`QueueUnavailable` (Redis does not answer); never a Redis
 error.
+
+What they answer is declared once, below, as the ``TypedDict`` each returns (the OpenAPI
+components are generated from them).
 """
 
 from __future__ import annotations
@@ -21,38 +25,178 @@ import json
 import re
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal, NotRequired, TypedDict
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from payflow.errors import NotFound, QueueUnavailable, ValidationError
-from payflow.models import FAILED_DELIVERY_OUTCOMES, Event, iso
+from payflow.models import FAILED_DELIVERY_OUTCOMES, ApiEventJSON, Event, iso
 from payflow.queue import deadletters, keys
 from payflow.queue.deadletters import DeadEntry
 from payflow.queue.liveness import RATE_OUTCOMES, RATE_WINDOW_SECONDS
+from payflow.schema import Meta, SchemaOf, anchored
 from payflow.store.base import Store
 
-__all__ = ["ENTRY_ID", "FAILED_OUTCOMES", "HEALTH_WINDOW_HOURS", "Operations", "entry_dict",
-           "gather"]
+__all__ = ["DEAD_LETTERS_SHOWN", "ENTRY_ID", "FAILED_OUTCOMES", "HEALTH_WINDOW_HOURS", "Daemon",
+           "DeadLetter", "DeadLetterList", "DeadLetterPurged", "DeadLetterReplay",
+           "DeadLetterReplayed", "Operations", "PaymentEventList", "QueueDepths",
+           "QueueOverview", "QueueRates", "QueueStatus", "WebhookEndpointHealth", "entry_dict",
+           "gather", "queue_status"]
 
 ENTRY_ID: Final = re.compile(r"[0-9a-f]{12}")  # deadletters.entry_id
 HEALTH_WINDOW_HOURS: Final = 24
 # Attempts that count against an endpoint ("skipped": it was disabled, nothing was sent).
 FAILED_OUTCOMES: Final = FAILED_DELIVERY_OUTCOMES
 EVENTS_SCANNED: Final = 10_000  # events looked at to find those of one payment
+DEAD_LETTERS_SHOWN: Final = 50  # the entries of a dead list shown when no limit is given
 _PAGE: Final = 500
 _REDIS_ERRORS: Final = (RedisError, OSError)
 
 
+# --- what they answer ------------------------------------------------------------------------
+
+Count = Annotated[int, Meta(minimum=0)]
+PerSecond = Annotated[float, Meta(minimum=0)]
+EntryId = Annotated[str, Meta(pattern=anchored(ENTRY_ID.pattern))]
+
+
+class QueueDepths(TypedDict):
+    ready: Count
+    processing: Count
+    delayed: Count
+    dead: Count
+
+
+class QueueRates(TypedDict):  # its keys: liveness.RATE_OUTCOMES (test_operations.py)
+    """Jobs per second over the last minute, by outcome."""
+
+    done: PerSecond
+    retried: PerSecond
+    dead: PerSecond
+
+
+# Queue name -> outcome -> jobs per second: built from RATE_OUTCOMES, documented as QueueRates.
+Rates = Annotated[dict[str, dict[str, float]], SchemaOf(dict[str, QueueRates])]
+
+
+class Daemon(TypedDict):
+    """A daemon registered on the Redis."""
+
+    id: str
+    host: str | None
+    pid: int | None
+    started_at: str | None
+    store: Annotated[str | None, Meta("memory, postgresql.")]
+    shared: bool | None
+    alive: Annotated[bool, Meta("Its heartbeat has not expired.")]
+    heartbeat_age_seconds: Annotated[float | None, Meta(minimum=0)]
+    in_flight: Annotated[dict[str, Count], Meta("Queue name -> jobs its consumers hold.")]
+    rates: Annotated[Rates, Meta("Queue name -> rates.")]
+
+
+class QueueStatus(TypedDict):
+    """What ``payflow status`` prints (:func:`queue_status`)."""
+
+    queues: Annotated[dict[str, QueueDepths], Meta("Queue name -> jobs in each state.")]
+    rates: Annotated[Rates, Meta("Queue name -> rates, summed over the live daemons.")]
+    rate_window_seconds: Annotated[float, Meta(minimum=0)]
+    daemons: list[Daemon]
+    stores: Annotated[list[str], Meta("The store kinds the daemons report.")]
+
+
+class QueueOverview(QueueStatus):
+    """What `payflow status` shows: the queues and the daemons."""
+
+    object: Literal["queue_overview"]
+
+
+class DeadLetter(TypedDict):
+    """A job that will not be tried again, and why."""
+
+    object: Literal["dead_letter"]
+    id: Annotated[EntryId, Meta("12 hex digits derived from the entry's content.")]
+    queue: str
+    failed_at: str
+    reason: str
+    consumer: Annotated[str, Meta("The consumer (or daemon) that gave up on the job.")]
+    job: Annotated[str, Meta("The job as it was queued (bytes that are not UTF-8 as \\xNN).")]
+
+
+class DeadLetterList(TypedDict):
+    """The newest entries of a queue's dead list."""
+
+    object: Literal["list"]
+    queue: str
+    total: Count
+    data: list[DeadLetter]
+    has_more: Annotated[bool, Meta("true when total is more than the entries shown.")]
+
+
+class DeadLetterReplay(TypedDict):  # the body of POST /v1/dead_letters/replay
+    """Either "id" or "all": true."""
+
+    queue: str
+    id: NotRequired[Annotated[EntryId, Meta("The entry to replay.")]]
+    all: NotRequired[Annotated[bool, Meta("true: replay every entry.")]]
+
+
+class DeadLetterReplayed(TypedDict):
+    object: Literal["dead_letter_replay"]
+    queue: str
+    replayed: Count
+
+
+class DeadLetterPurged(TypedDict):
+    object: Literal["dead_letter_purge"]
+    queue: str
+    deleted: Count
+
+
+class PaymentEventList(TypedDict):
+    """The events of a payment and of its refunds, oldest first."""
+
+    object: Literal["list"]
+    data: list[ApiEventJSON]
+    has_more: Annotated[bool, Meta("true when the scan stopped at its limit: older events may "
+                                   "be missing.")]
+
+
+Moment = Annotated[str | None, Meta(format="date-time")]
+
+
+class WebhookEndpointHealth(TypedDict):
+    """How deliveries to an endpoint went in the window."""
+
+    object: Literal["webhook_endpoint_health"]
+    endpoint_id: str
+    window_hours: Annotated[int, Meta(minimum=1)]
+    attempts: Count
+    failures: Count
+    last_success_at: Annotated[Moment, Meta("The last delivery that succeeded.")]
+    last_failure_at: Annotated[Moment, Meta("The last attempt that failed.")]
+    failure_streak: Annotated[Count, Meta("Failed attempts since the last success.")]
+    failing_since: Annotated[Moment, Meta("Start of the current run of failures.")]
+    disabled: bool
+    disabled_reason: str | None
+
+
+# --- the status ------------------------------------------------------------------------------
+
+
 async def gather(redis: Redis, queues: Sequence[str]) -> dict[str, Any]:
-    """The status as a JSON-able dict: ``queues`` (name -> ready, processing, delayed, dead),
+    """:func:`queue_status` as a plain dict, as ``payflow status`` renders it."""
+    return dict(await queue_status(redis, queues))
+
+
+async def queue_status(redis: Redis, queues: Sequence[str]) -> QueueStatus:
+    """The status: ``queues`` (name -> ready, processing, delayed, dead),
     ``rates`` (name -> done, retried, dead: jobs per second over the last minute, summed over
     the live daemons), ``rate_window_seconds``, ``daemons`` (id, host, pid, started_at,
     store, shared, alive, heartbeat_age_seconds, in_flight: queue -> jobs, rates: queue ->
     outcome -> per second) and ``stores`` (the store kinds the daemons report)."""
     registry = await redis.hgetall(keys.DAEMONS)
-    daemons: list[dict[str, Any]] = []
+    daemons: list[Daemon] = []
     processing = dict.fromkeys(queues, 0)
     rates = {queue: dict.fromkeys(RATE_OUTCOMES, 0.0) for queue in queues}
     now = datetime.now(UTC)
@@ -81,20 +225,20 @@ async def gather(redis: Redis, queues: Sequence[str]) -> dict[str, Any]:
                         "shared": info.get("shared"), "alive": beat is not None,
                         "heartbeat_age_seconds": _age(beat, now), "in_flight": in_flight,
                         "rates": own_rates})
-    report: dict[str, Any] = {"queues": {}, "rates": {
-        queue: {outcome: round(value, 3) for outcome, value in by_outcome.items()}
-        for queue, by_outcome in rates.items()}, "rate_window_seconds": RATE_WINDOW_SECONDS,
-        "daemons": daemons,
-        "stores": sorted({str(d["store"]) for d in daemons if d["store"] is not None})}
+    depths: dict[str, QueueDepths] = {}
     for queue in queues:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.llen(queue)
             pipe.zcard(keys.delayed(queue))
             pipe.llen(keys.dead(queue))
             ready, delayed, dead = await pipe.execute()
-        report["queues"][queue] = {"ready": int(ready), "processing": processing[queue],
-                                   "delayed": int(delayed), "dead": int(dead)}
-    return report
+        depths[queue] = {"ready": int(ready), "processing": processing[queue],
+                         "delayed": int(delayed), "dead": int(dead)}
+    return {"queues": depths, "rates": {
+        queue: {outcome: round(value, 3) for outcome, value in by_outcome.items()}
+        for queue, by_outcome in rates.items()}, "rate_window_seconds": RATE_WINDOW_SECONDS,
+        "daemons": daemons,
+        "stores": sorted({str(d["store"]) for d in daemons if d["store"] is not None})}
 
 
 def _rates(published: object) -> dict[str, dict[str, float]]:
@@ -125,7 +269,7 @@ def _age(beat: bytes | str | None, now: datetime) -> float | None:
     return round(max(0.0, (now - then).total_seconds()), 1)
 
 
-def entry_dict(entry: DeadEntry) -> dict[str, str]:
+def entry_dict(entry: DeadEntry) -> DeadLetter:
     """A dead-letter entry as JSON (the job's non-UTF-8 bytes as ``\\xNN``)."""
     return {"object": "dead_letter", "id": entry.id, "queue": entry.queue,
             "failed_at": entry.failed_at, "reason": entry.reason, "consumer": entry.consumer,
@@ -142,10 +286,10 @@ class Operations:
 
     # --- queues and daemons --------------------------------------------------------------
 
-    async def overview(self) -> dict[str, Any]:
-        """:func:`gather` for this daemon's queues."""
+    async def overview(self) -> QueueOverview:
+        """:func:`queue_status` for this daemon's queues."""
         try:
-            return await gather(self.redis, self.queues)
+            return {"object": "queue_overview", **await queue_status(self.redis, self.queues)}
         except _REDIS_ERRORS as exc:
             raise _unavailable(exc) from exc
 
@@ -164,17 +308,19 @@ class Operations:
     def _choices(self) -> str:
         return "one of " + ", ".join(self.queues) + "."
 
-    async def dead_letters(self, queue: str, *, limit: int) -> tuple[int, list[DeadEntry]]:
+    async def dead_letters(self, queue: str, *, limit: int) -> DeadLetterList:
         """How many entries ``queue``'s dead list has, and its newest ``limit``."""
         self.check_queue(queue)
         try:
             total = int(await self.redis.llen(keys.dead(queue)))
-            return total, await deadletters.list_dead(self.redis, queue, limit=limit)
+            entries = await deadletters.list_dead(self.redis, queue, limit=limit)
         except _REDIS_ERRORS as exc:
             raise _unavailable(exc) from exc
+        return {"object": "list", "queue": queue, "total": total,
+                "data": [entry_dict(e) for e in entries], "has_more": total > len(entries)}
 
-    async def replay(self, queue: str, entry_ids: Collection[str] | None) -> int:
-        """Put the jobs of these entries (``None``: of every entry) back on ``queue``; returns
+    async def replay(self, queue: str, entry_ids: Collection[str] | None) -> DeadLetterReplayed:
+        """Put the jobs of these entries (``None``: of every entry) back on ``queue``; answers
         how many were replayed. An id with no entry (never there, or replayed or purged
         meanwhile) is :class:`NotFound` after the others were replayed."""
         self.check_queue(queue, status=422)
@@ -188,22 +334,23 @@ class Operations:
             raise _unavailable(exc) from exc
         if missing:
             raise NotFound("dead_letter", missing[0])
-        return replayed
+        return {"object": "dead_letter_replay", "queue": queue, "replayed": replayed}
 
-    async def purge(self, queue: str) -> int:
-        """Delete ``queue``'s dead list; returns how many entries it had."""
+    async def purge(self, queue: str) -> DeadLetterPurged:
+        """Delete ``queue``'s dead list; answers how many entries it had."""
         self.check_queue(queue)
         try:
-            return await deadletters.purge(self.redis, queue)
+            deleted = await deadletters.purge(self.redis, queue)
         except _REDIS_ERRORS as exc:
             raise _unavailable(exc) from exc
+        return {"object": "dead_letter_purge", "queue": queue, "deleted": deleted}
 
     # --- payments and endpoints ----------------------------------------------------------
 
-    async def payment_events(self, payment_id: str) -> tuple[list[Event], bool]:
+    async def payment_events(self, payment_id: str) -> PaymentEventList:
         """The events of a payment and of its refunds, oldest first, among the
-        :data:`EVENTS_SCANNED` newest events recorded since it was created; and whether that
-        limit was reached (older events of the payment may be missing)."""
+        :data:`EVENTS_SCANNED` newest events recorded since it was created; ``has_more``:
+        that limit was reached (older events of the payment may be missing)."""
         found = await self.store.get_payments([payment_id])
         if payment_id not in found:
             raise NotFound("payment", payment_id)
@@ -216,13 +363,13 @@ class Operations:
                                                 created_gte=since)
             events += [e for e in page if _about(e, payment_id)]
             seen += len(page)
-            if len(page) < _PAGE:
-                return events[::-1], False
-            if seen >= EVENTS_SCANNED:
-                return events[::-1], True
+            if len(page) < _PAGE or seen >= EVENTS_SCANNED:
+                return {"object": "list",
+                        "data": [{"object": "event", **e.to_dict()} for e in events[::-1]],
+                        "has_more": len(page) >= _PAGE}
             cursor = page[-1].id
 
-    async def endpoint_health(self, endpoint_id: str) -> dict[str, Any]:
+    async def endpoint_health(self, endpoint_id: str) -> WebhookEndpointHealth:
         """How deliveries to an endpoint went over the last :data:`HEALTH_WINDOW_HOURS`: the
         attempts and failures, the last success and failure, and the failure streak (failed
         attempts since the last success), with its disabled state."""

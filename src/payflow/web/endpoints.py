@@ -15,6 +15,7 @@ from payflow.models import ALL_EVENT_TYPES, MAX_ENDPOINT_DESCRIPTION, iso
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.params import parse_time, query, reject_unknown
+from payflow.webhooks import admin
 
 if TYPE_CHECKING:
     from payflow.web.context import WebContext
@@ -23,7 +24,8 @@ log = structlog.get_logger("payflow.web")
 
 PATH: Final = "/v1/webhook_endpoints"
 EVENT_NAMES: Final = frozenset(ALL_EVENT_TYPES)
-_FIELDS: Final = ("url", "enabled_events", "description", "disabled")
+_CREATE_FIELDS: Final = tuple(admin.WebhookEndpointCreate.__annotations__)
+_UPDATE_FIELDS: Final = tuple(admin.WebhookEndpointUpdate.__annotations__)
 
 
 def add_routes(app: web.Application, ctx: WebContext) -> None:
@@ -38,7 +40,7 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
 
 
 def _fields(body: dict[str, object], *, creating: bool) -> dict[str, Any]:
-    reject_unknown(body, _FIELDS)
+    reject_unknown(body, _CREATE_FIELDS if creating else _UPDATE_FIELDS)
     out: dict[str, Any] = {}
     if "url" in body or creating:
         url = body.get("url")

@@ -8,15 +8,17 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from payflow.errors import ValidationError
-from payflow.models import ALL_EVENT_TYPES, Event
+from payflow.models import ALL_EVENT_TYPES, ApiEventJSON, Event
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.params import page_limit, query, reject_unknown
+from payflow.webhooks.admin import EventRetry
 
 if TYPE_CHECKING:
     from payflow.web.context import WebContext
 
 PATH: Final = "/v1/events"
+_RETRY_FIELDS: Final = tuple(EventRetry.__annotations__)
 
 
 def add_routes(app: web.Application, ctx: WebContext) -> None:
@@ -27,7 +29,7 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     app.router.add_post(PATH + "/{id}/retry", h.retry)
 
 
-def event_dict(event: Event) -> dict[str, object]:
+def event_dict(event: Event) -> ApiEventJSON:
     return {"object": "event", **event.to_dict()}
 
 
@@ -68,7 +70,7 @@ class _Handlers:
         endpoint_id = None
         if request.body_exists:
             body = await read_json_object(request)
-            reject_unknown(body, ("endpoint_id",))
+            reject_unknown(body, _RETRY_FIELDS)
             value = body.get("endpoint_id")
             if value is not None and not isinstance(value, str):
                 raise ValidationError("endpoint_id must be a string.", param="endpoint_id",

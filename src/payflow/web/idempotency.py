@@ -1,6 +1,7 @@
 """The ``Idempotency-Key`` middleware of every ``POST /v1/...`` but those that bind their key in
 the store; the rules are :mod:`payflow.idempotency`'s. Here: the header's syntax, the request's
-fingerprint, replays byte for byte with ``Idempotent-Replayed: true``, the 400/503 problems."""
+fingerprint, replays byte for byte with ``Idempotent-Replayed: true`` (a kept problem with the
+replay's request id), the 400 problems of the header."""
 
 from __future__ import annotations
 
@@ -41,10 +42,7 @@ class Idempotency:
                 or request.path in BOUND_IN_STORE
                 or (binding := await self.binding(request)) is None):
             return await handler(request)
-        try:
-            run = await self.keys.begin(*binding)
-        except core.IdempotencyUnavailable:
-            raise unavailable() from None
+        run = await self.keys.begin(*binding)  # IdempotencyUnavailable: 503
         if not isinstance(run, core.Run):
             return _replayed(run)
         try:  # the handler's own Redis errors are its own
@@ -69,7 +67,7 @@ class Idempotency:
         (400 when one is required or malformed)."""
         if (key := parse_key(request.headers.getall(HEADER, []))) is None:
             if self.required:
-                raise key_required()
+                raise problems.key_required()
             return None
         return (core.scoped_key(request.get(API_KEY_NAME, "anonymous"), key),
                 core.fingerprint(request.method, request.raw_path, await read_raw(request)))
@@ -95,7 +93,7 @@ def parse_key(values: list[str]) -> str | None:
     if not values:
         return None
     if len(values) > 1:
-        raise invalid_key("Send a single Idempotency-Key header.")
+        raise problems.invalid_key("Send a single Idempotency-Key header.")
     raw, key = values[0], ""
     if raw.startswith('"'):
         if (match := _SF_STRING.fullmatch(raw)) is not None:
@@ -103,40 +101,18 @@ def parse_key(values: list[str]) -> str | None:
     elif _BARE.fullmatch(raw):
         key = raw
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise invalid_key(f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII "
-                          'characters, bare or as a quoted string ("...").')
+        raise problems.invalid_key(f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} "
+                                   "printable ASCII characters, bare or as a quoted string "
+                                   '("...").')
     return key
 
 
 def _replayed(kept: core.Answer | core.ProblemAnswer) -> web.Response:
-    if isinstance(kept, core.ProblemAnswer):
-        m = kept.members
-        raise problems.Problem(kept.status, kept.slug, m["title"], m["detail"], code=m["code"],
-                               headers={**kept.headers, REPLAYED_HEADER: "true"},
-                               **({"param": m["param"]} if "param" in m else {}))
+    if isinstance(kept, core.ProblemAnswer):  # rendered with this request's id
+        raise problems.Problem.restore(kept.status, kept.slug, kept.members,
+                                       {**kept.headers, REPLAYED_HEADER: "true"})
     headers: CIMultiDict[str] = CIMultiDict(kept.headers)
     if kept.content_type is not None:
         headers["Content-Type"] = kept.content_type
     headers[REPLAYED_HEADER] = "true"
     return web.Response(status=kept.status, body=kept.body, headers=headers)
-
-
-def _problem(status: int, slug: str, title: str, detail: str,
-             headers: dict[str, str] | None = None) -> problems.Problem:
-    return problems.Problem(status, slug, title, detail, code=slug.replace("-", "_"),
-                            headers=headers)
-
-
-def key_required() -> problems.Problem:
-    return _problem(400, "idempotency-key-required", "Idempotency-Key required",
-                    "This request changes state and must carry an Idempotency-Key header.")
-
-
-def invalid_key(detail: str) -> problems.Problem:
-    return _problem(400, "invalid-idempotency-key", "Invalid Idempotency-Key", detail)
-
-
-def unavailable() -> problems.Problem:
-    return _problem(503, "idempotency-unavailable", "Idempotency store unavailable",
-                    "The Idempotency-Key store does not answer; the request was not processed. "
-                    "Retry shortly.", {"Retry-After": "1"})

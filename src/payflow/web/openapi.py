@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from payflow import __version__, metrics
+from payflow import __version__, metrics, operations
 from payflow.models import ALL_EVENT_TYPES, PaymentStatus
 from payflow.web.openapi_schemas import headers, parameters, ref, schemas
 from payflow.web.problems import JSON_CONTENT_TYPE, PROBLEM_CONTENT_TYPE, dumps
@@ -388,7 +388,8 @@ def _queue_paths() -> Doc:
     queue = {"name": "queue", "in": "query", "required": True, "schema": {"type": "string"},
              "description": "A queue of the daemon ([queue] payments or webhooks)."}
     limit = {"name": "limit", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+             "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+                        "default": operations.DEAD_LETTERS_SHOWN},
              "description": "Entries to show (400 out_of_range otherwise)."}
     return {
         "/v1/queues": {"get": _operation(
@@ -427,7 +428,8 @@ def _queue_paths() -> Doc:
             "get": _operation(
                 "getWebhookEndpointHealth", "How deliveries to an endpoint went lately",
                 "webhook_endpoints",
-                {200: _json("WebhookEndpointHealth", "Its last 24 hours.")},
+                {200: _json("WebhookEndpointHealth",
+                            f"Its last {operations.HEALTH_WINDOW_HOURS} hours.")},
                 {404: ["webhook_endpoint_not_found: no endpoint has this id."]})},
     }
 

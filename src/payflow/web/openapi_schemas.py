@@ -3,8 +3,9 @@
 The bodies are generated (:mod:`payflow.schema`) from the ``TypedDict`` each one is declared
 with, once, where the code builds or checks it: ``to_dict()`` returns (:mod:`payflow.models`),
 the request bodies the validators read (:mod:`payflow.payments.validation`,
-:mod:`payflow.webhooks.admin`). :data:`COMPONENTS` names them; what is written here by hand
-has no such type: the lists, the dashboard's data, problems, headers and parameters. Request
+:mod:`payflow.webhooks.admin`), and the dashboard's data (:mod:`payflow.operations`).
+:data:`COMPONENTS` names them; what is written here by hand has no such type: the lists,
+problems, headers and parameters. Request
 bodies are strict (``additionalProperties: false``: the API rejects unknown fields with 422
 ``unknown_field``); response objects list every member they always carry, and may gain
 members later.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from payflow import models
+from payflow import models, operations
 from payflow.idempotency import MAX_KEY_LENGTH
 from payflow.models import METHODS
 from payflow.payments import validation
@@ -49,11 +50,23 @@ COMPONENTS: Final[dict[str, object]] = {
     "Event": models.ApiEventJSON,
     "EventRetryQueued": admin.EventRetryQueued,
     "DeliveryAttempt": models.DeliveryAttemptJSON,
+    # the dashboard's data: queues, daemons, dead letters, endpoint health
+    "QueueDepths": operations.QueueDepths,
+    "QueueRates": operations.QueueRates,
+    "Daemon": operations.Daemon,
+    "QueueOverview": operations.QueueOverview,
+    "DeadLetter": operations.DeadLetter,
+    "DeadLetterList": operations.DeadLetterList,
+    "DeadLetterReplay": operations.DeadLetterReplay,
+    "DeadLetterReplayed": operations.DeadLetterReplayed,
+    "DeadLetterPurged": operations.DeadLetterPurged,
+    "PaymentEventList": operations.PaymentEventList,
+    "WebhookEndpointHealth": operations.WebhookEndpointHealth,
 }
 # The request bodies: closed.
 REQUESTS: Final = frozenset(COMPONENTS[name] for name in (
     "PaymentCreate", "UpiInput", "CardInput", "NetbankingInput", "WalletInput", "RefundCreate",
-    "WebhookEndpointCreate", "WebhookEndpointUpdate", "EventRetry"))
+    "WebhookEndpointCreate", "WebhookEndpointUpdate", "EventRetry", "DeadLetterReplay"))
 # Shown as the base's $ref and the members they add.
 EXTENDS: Final[dict[object, object]] = {admin.WebhookEndpointCreated: models.WebhookEndpointJSON,
                   admin.WebhookEndpointRotated: models.WebhookEndpointJSON}
@@ -131,76 +144,6 @@ def _generated() -> dict[str, Schema]:
 # --- written here ----------------------------------------------------------------------------
 
 
-def _operation_schemas() -> dict[str, Schema]:
-    """The dashboard's data: queues, daemons, dead letters, endpoint health."""
-    count, per_second = integer(minimum=0), {"type": "number", "minimum": 0}
-    rates = obj({o: per_second for o in ("done", "retried", "dead")}, description=(
-        "Jobs per second over the last minute, by outcome."))
-    by_queue = {"type": "object", "additionalProperties": ref("QueueRates"),
-                "description": "Queue name -> rates."}
-    daemon = obj({
-        "id": string(), "host": nullable(string()), "pid": nullable(integer()),
-        "started_at": nullable(string()), "store": nullable(string("memory, postgresql.")),
-        "shared": nullable({"type": "boolean"}),
-        "alive": {"type": "boolean", "description": "Its heartbeat has not expired."},
-        "heartbeat_age_seconds": nullable({"type": "number", "minimum": 0}),
-        "in_flight": {"type": "object", "additionalProperties": count,
-                      "description": "Queue name -> jobs its consumers hold."},
-        "rates": by_queue}, description="A daemon registered on the Redis.")
-    return {
-        "QueueDepths": obj({k: count for k in ("ready", "processing", "delayed", "dead")}),
-        "QueueRates": rates,
-        "Daemon": daemon,
-        "QueueOverview": obj({
-            "object": const("queue_overview"),
-            "queues": {"type": "object", "additionalProperties": ref("QueueDepths"),
-                       "description": "Queue name -> jobs in each state."},
-            "rates": {**by_queue, "description": "Queue name -> rates, summed over the live "
-                                                 "daemons."},
-            "rate_window_seconds": per_second,
-            "daemons": {"type": "array", "items": ref("Daemon")},
-            "stores": {"type": "array", "items": string(),
-                       "description": "The store kinds the daemons report."},
-        }, description="What `payflow status` shows: the queues and the daemons."),
-        "DeadLetter": obj({
-            "object": const("dead_letter"),
-            "id": string("12 hex digits derived from the entry's content.",
-                         pattern="^[0-9a-f]{12}$"),
-            "queue": string(), "failed_at": string(), "reason": string(),
-            "consumer": string("The consumer (or daemon) that gave up on the job."),
-            "job": string("The job as it was queued (bytes that are not UTF-8 as \\xNN)."),
-        }, description="A job that will not be tried again, and why."),
-        "DeadLetterList": obj({
-            "object": const("list"), "queue": string(), "total": count,
-            "data": {"type": "array", "items": ref("DeadLetter")},
-            "has_more": {"type": "boolean", "description": "true when total is more than "
-                                                           "the entries shown."}},
-            description="The newest entries of a queue's dead list."),
-        "DeadLetterReplay": obj({
-            "queue": string(), "id": string("The entry to replay.", pattern="^[0-9a-f]{12}$"),
-            "all": {"type": "boolean", "description": "true: replay every entry."}},
-            required=("queue",), closed=True, description='Either "id" or "all": true.'),
-        "DeadLetterReplayed": obj({"object": const("dead_letter_replay"), "queue": string(),
-                                   "replayed": count}),
-        "DeadLetterPurged": obj({"object": const("dead_letter_purge"), "queue": string(),
-                                 "deleted": count}),
-        "PaymentEventList": obj({
-            "object": const("list"), "data": {"type": "array", "items": ref("Event")},
-            "has_more": {"type": "boolean", "description": "true when the scan stopped at its "
-                                                           "limit: older events may be missing."}},
-            description="The events of a payment and of its refunds, oldest first."),
-        "WebhookEndpointHealth": obj({
-            "object": const("webhook_endpoint_health"), "endpoint_id": string(),
-            "window_hours": integer(minimum=1), "attempts": count, "failures": count,
-            "last_success_at": nullable(timestamp("The last delivery that succeeded.")),
-            "last_failure_at": nullable(timestamp("The last attempt that failed.")),
-            "failure_streak": integer("Failed attempts since the last success.", minimum=0),
-            "failing_since": nullable(timestamp("Start of the current run of failures.")),
-            "disabled": {"type": "boolean"}, "disabled_reason": nullable(string())},
-            description="How deliveries to an endpoint went in the window."),
-    }
-
-
 def _problem() -> Schema:
     return obj({
         "type": string(f"{PROBLEM_BASE}<slug>", format="uri"),
@@ -228,7 +171,6 @@ def schemas() -> dict[str, Schema]:
         "Health": obj({"status": const("ok")}),
         "Ready": obj({"status": const("ready")}),
         "Problem": _problem(),
-        **_operation_schemas(),
     }
 
 
@@ -240,8 +182,9 @@ def headers() -> dict[str, Schema]:
     return {
         "Request-Id": {"required": True, "schema": string(minLength=1,
                                                           maxLength=MAX_REQUEST_ID_LENGTH),
-                       "description": "The request's Request-Id as sent (1-200 printable "
-                                      "ASCII characters), else a new req_<hex>."},
+                       "description": "The request's Request-Id as sent (1-"
+                                      f"{MAX_REQUEST_ID_LENGTH} printable ASCII characters), "
+                                      "else a new req_<hex>."},
         "Location": {"required": True, "schema": string(),
                      "description": "The path of the created resource."},
         "Retry-After": {"required": True, "schema": integer(minimum=0),
@@ -265,7 +208,8 @@ def parameters() -> dict[str, Schema]:
             "name": "Request-Id", "in": "header", "required": False,
             "schema": string(minLength=1, maxLength=MAX_REQUEST_ID_LENGTH),
             "description": "Your id for this request, echoed in the Request-Id response header "
-                           "and in problems when it is 1-200 printable ASCII characters; "
+                           f"and in problems when it is 1-{MAX_REQUEST_ID_LENGTH} printable "
+                           "ASCII characters; "
                            "otherwise a new one is made."},
         "IdempotencyKey": {
             "name": "Idempotency-Key", "in": "header", "required": False,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from payflow.errors import QueueUnavailable, ValidationError
-from payflow.operations import Operations, entry_dict
+from payflow.operations import DEAD_LETTERS_SHOWN, DeadLetterReplay, Operations
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.params import page_limit, query, reject_unknown
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 QUEUES_PATH: Final = "/v1/queues"
 DEAD_PATH: Final = "/v1/dead_letters"
+_REPLAY_FIELDS: Final = tuple(DeadLetterReplay.__annotations__)
 
 
 def add_routes(app: web.Application, ctx: WebContext) -> None:
@@ -44,24 +45,20 @@ class _Handlers:
 
     async def overview(self, request: web.Request) -> web.Response:
         query(request)
-        return problems.json_response({"object": "queue_overview",
-                                       **await self.ops.overview()})
+        return problems.json_response(await self.ops.overview())
 
     async def dead_letters(self, request: web.Request) -> web.Response:
-        """The newest entries first, ``limit`` 1-100 (50)."""
+        """The newest entries first, ``limit`` 1-100 (:data:`DEAD_LETTERS_SHOWN`)."""
         params = query(request, "queue", "limit")
-        limit = page_limit(request, default=50)
+        limit = page_limit(request, default=DEAD_LETTERS_SHOWN)
         queue = self.ops.check_queue(params.get("queue"))
-        total, entries = await self.ops.dead_letters(queue, limit=limit)
-        return problems.json_response({"object": "list", "queue": queue, "total": total,
-                                       "data": [entry_dict(e) for e in entries],
-                                       "has_more": total > len(entries)})
+        return problems.json_response(await self.ops.dead_letters(queue, limit=limit))
 
     async def replay(self, request: web.Request) -> web.Response:
         """``{"queue": …, "id": …}`` replays one entry, ``{"queue": …, "all": true}`` all."""
         query(request)
         body = await read_json_object(request)
-        reject_unknown(body, ("queue", "id", "all"))
+        reject_unknown(body, _REPLAY_FIELDS)
         queue = body.get("queue")
         if not isinstance(queue, str):
             raise ValidationError("queue must be a string.", param="queue",
@@ -78,23 +75,17 @@ class _Handlers:
         if entry_id is not None and every:
             raise ValidationError('Give "id" (one entry) or "all": true, not both.',
                                   param="all", code="id_and_all")
-        replayed = await self.ops.replay(queue, None if every else [str(entry_id)])
-        return problems.json_response({"object": "dead_letter_replay", "queue": queue,
-                                       "replayed": replayed})
+        return problems.json_response(
+            await self.ops.replay(queue, None if every else [str(entry_id)]))
 
     async def purge(self, request: web.Request) -> web.Response:
         queue = self.ops.check_queue(query(request, "queue").get("queue"))
-        deleted = await self.ops.purge(queue)
-        return problems.json_response({"object": "dead_letter_purge", "queue": queue,
-                                       "deleted": deleted})
+        return problems.json_response(await self.ops.purge(queue))
 
     async def payment_events(self, request: web.Request) -> web.Response:
         query(request)
-        events, truncated = await self.ops.payment_events(request.match_info["payment_id"])
-        return problems.json_response({"object": "list",
-                                       "data": [{"object": "event", **e.to_dict()}
-                                                for e in events],
-                                       "has_more": truncated})
+        return problems.json_response(
+            await self.ops.payment_events(request.match_info["payment_id"]))
 
     async def endpoint_health(self, request: web.Request) -> web.Response:
         query(request)

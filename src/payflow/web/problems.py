@@ -29,12 +29,14 @@ from payflow.errors import (
     QueueUnavailable,
     ValidationError,
 )
+from payflow.idempotency import IdempotencyUnavailable
 
 PROBLEM_BASE: Final = "https://payflow.dev/problems/"
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 JSON_CONTENT_TYPE: Final = "application/json"
 
 _MISSING: Final = object()
+_MADE: Final = frozenset({"type", "status", "request_id"})  # of a body, not kept with a problem
 
 
 class Problem(Exception):
@@ -74,6 +76,17 @@ class Problem(Exception):
             body["param"] = self.param
         body.update(self.extra)
         return body
+
+    @classmethod
+    def restore(cls, status: int, slug: str, members: Mapping[str, Any],
+                headers: Mapping[str, str]) -> Problem:
+        """The problem whose :meth:`body` has ``members`` (those of a kept problem: its
+        ``type``, ``status`` and ``request_id`` are made again), in the same order."""
+        rest = {k: v for k, v in members.items() if k not in _MADE}
+        problem = cls(status, slug, rest.pop("title"), rest.pop("detail"), code=rest.pop("code"),
+                      param=rest.pop("param", _MISSING), headers=headers)
+        problem.extra = rest  # current_status, ...
+        return problem
 
     def response(self, request_id: str) -> web.Response:
         return web.Response(
@@ -122,6 +135,8 @@ def from_error(exc: PayFlowError) -> Problem | None:
         return key_reused()
     if isinstance(exc, KeyInFlight):
         return key_in_flight()
+    if isinstance(exc, IdempotencyUnavailable):
+        return idempotency_unavailable()
     return None
 
 
@@ -137,6 +152,23 @@ def key_reused() -> Problem:
     return Problem(422, "idempotency-key-reused", "Idempotency-Key is already used",
                    "This Idempotency-Key was used with a different request (method, path or "
                    "body); use a new key for a new request.", code="idempotency_key_reused")
+
+
+def key_required() -> Problem:
+    return Problem(400, "idempotency-key-required", "Idempotency-Key required",
+                   "This request changes state and must carry an Idempotency-Key header.",
+                   code="idempotency_key_required")
+
+
+def invalid_key(detail: str) -> Problem:
+    return Problem(400, "invalid-idempotency-key", "Invalid Idempotency-Key", detail,
+                   code="invalid_idempotency_key")
+
+
+def idempotency_unavailable() -> Problem:
+    return Problem(503, "idempotency-unavailable", "Idempotency store unavailable",
+                   "The Idempotency-Key store does not answer; the request was not processed. "
+                   "Retry shortly.", code="idempotency_unavailable", headers={"Retry-After": "1"})
 
 
 def from_validation_error(exc: ValidationError) -> Problem:
@@ -231,7 +263,6 @@ def conflict(detail: str, *, code: str, status: str | None = None) -> Problem:
     if status is not None:
         problem.extra["current_status"] = status
     return problem
-
 
 
 def body_timeout() -> Problem:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from payflow.errors import ValidationError
+from payflow.payments.validation import RefundCreate
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.params import query, reject_unknown
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from payflow.web.context import WebContext
 
 REFUNDS_PATH: Final = "/v1/refunds"
+_FIELDS: Final = tuple(RefundCreate.__annotations__)
 
 
 def add_routes(app: web.Application, ctx: WebContext) -> None:
@@ -37,7 +39,7 @@ class _Handlers:
     async def create(self, request: web.Request) -> web.Response:
         query(request)
         body = await read_json_object(request) if request.body_exists else {}
-        reject_unknown(body, ("amount",))
+        reject_unknown(body, _FIELDS)
         amount = body.get("amount")
         if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)
                                    or amount < 1):
