@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from payflow import metrics
 from payflow.cli.status import render
+from payflow.models import Event, Payment, PaymentStatus
 from payflow.operations import gather
 from payflow.queue import keys
 from payflow.queue.liveness import JobRates, Liveness, job_counts
@@ -130,3 +131,11 @@ def test_the_documented_rates_are_the_published_outcomes() -> None:
     from payflow.queue.liveness import RATE_OUTCOMES
 
     assert tuple(QueueRates.__annotations__) == RATE_OUTCOMES
+
+
+def test_the_api_view_of_an_event_is_its_webhook_body_with_object_first() -> None:
+    """``Event.to_api_dict``: what /v1/events and /v1/payments/{id}/events answer."""
+    event = Event.for_payment(Payment(id="pay_1", method="upi", status=PaymentStatus.SUCCEEDED))
+    view = event.to_api_dict()
+    assert view == {"object": "event", **event.to_dict()}
+    assert list(view) == ["object", "id", "type", "timestamp", "data"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,10 +15,18 @@ from structlog.testing import capture_logs
 
 from conftest import ServeApp
 from payflow.jobs import WebhookJob, parse_job
-from payflow.models import DeliveryAttempt, Event, Payment, PaymentStatus, WebhookEndpoint
+from payflow.models import (
+    DeliveryAttempt,
+    Event,
+    Payment,
+    PaymentStatus,
+    WebhookEndpoint,
+    parse_iso,
+)
 from payflow.store.memory import MemoryStore
 from payflow.web.app import create_app
 from payflow.web.context import WebContext
+from payflow.webhooks.admin import RECOVER_DEFAULT_HOURS
 from payflow.webhooks.ssrf import AddressPolicy
 
 PROBLEM = "application/problem+json"
@@ -192,6 +201,19 @@ async def test_recover_requeues_what_the_endpoint_missed(
     assert resp.status == 422 and (await resp.json())["param"] == "since"
     future = await client.post("/v1/webhook_endpoints/ep_1/recover?since=2999-01-01T00:00:00Z")
     assert (await future.json())["requeued"] == 0
+
+
+async def test_recover_without_since_looks_back_the_default_hours(
+        env: tuple[Env, TestClient[Any, Any]]) -> None:
+    e, client = env
+    await e.store.put_endpoint(WebhookEndpoint(id="ep_1", url="https://a.example"))
+    window = timedelta(hours=RECOVER_DEFAULT_HOURS)
+    before = datetime.now(UTC)
+    resp = await client.post("/v1/webhook_endpoints/ep_1/recover")
+    after = datetime.now(UTC)
+    assert resp.status == 202
+    since = parse_iso((await resp.json())["since"])  # to the millisecond
+    assert before - window - timedelta(milliseconds=1) <= since <= after - window
 
 
 def metric(text: str, name: str) -> float:

@@ -300,6 +300,10 @@ class Event:
     def to_dict(self) -> EventJSON:
         return {"id": self.id, "type": self.type, "timestamp": self.timestamp, "data": self.data}
 
+    def to_api_dict(self) -> ApiEventJSON:
+        """The API's view (``GET /v1/events``...): the webhook body with ``"object": "event"``."""
+        return {"object": "event", **self.to_dict()}
+
     @classmethod
     def for_payment(cls, payment: Payment) -> Event:
         """The event of ``payment``'s terminal state (its id derived, its time the transition's)."""

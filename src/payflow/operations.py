@@ -33,18 +33,18 @@ from redis.exceptions import RedisError
 from payflow.errors import NotFound, QueueUnavailable, ValidationError
 from payflow.models import FAILED_DELIVERY_OUTCOMES, ApiEventJSON, Event, iso
 from payflow.queue import deadletters, keys
-from payflow.queue.deadletters import DeadEntry
+from payflow.queue.deadletters import ENTRY_ID_DIGITS, DeadEntry
 from payflow.queue.liveness import RATE_OUTCOMES, RATE_WINDOW_SECONDS
 from payflow.schema import Meta, SchemaOf, anchored
 from payflow.store.base import Store
 
-__all__ = ["DEAD_LETTERS_SHOWN", "ENTRY_ID", "FAILED_OUTCOMES", "HEALTH_WINDOW_HOURS", "Daemon",
-           "DeadLetter", "DeadLetterList", "DeadLetterPurged", "DeadLetterReplay",
-           "DeadLetterReplayed", "Operations", "PaymentEventList", "QueueDepths",
-           "QueueOverview", "QueueRates", "QueueStatus", "WebhookEndpointHealth", "entry_dict",
-           "gather", "queue_status"]
+__all__ = ["DEAD_LETTERS_SHOWN", "ENTRY_ID", "ENTRY_ID_DIGITS", "FAILED_OUTCOMES",
+           "HEALTH_WINDOW_HOURS", "Daemon", "DeadLetter", "DeadLetterList", "DeadLetterPurged",
+           "DeadLetterReplay", "DeadLetterReplayed", "Operations", "PaymentEventList",
+           "QueueDepths", "QueueOverview", "QueueRates", "QueueStatus", "WebhookEndpointHealth",
+           "entry_dict", "gather", "queue_status"]
 
-ENTRY_ID: Final = re.compile(r"[0-9a-f]{12}")  # deadletters.entry_id
+ENTRY_ID: Final = re.compile(f"[0-9a-f]{{{ENTRY_ID_DIGITS}}}")
 HEALTH_WINDOW_HOURS: Final = 24
 # Attempts that count against an endpoint ("skipped": it was disabled, nothing was sent).
 FAILED_OUTCOMES: Final = FAILED_DELIVERY_OUTCOMES
@@ -115,7 +115,8 @@ class DeadLetter(TypedDict):
     """A job that will not be tried again, and why."""
 
     object: Literal["dead_letter"]
-    id: Annotated[EntryId, Meta("12 hex digits derived from the entry's content.")]
+    id: Annotated[EntryId, Meta(f"{ENTRY_ID_DIGITS} hex digits derived from the entry's "
+                                "content.")]
     queue: str
     failed_at: str
     reason: str
@@ -326,8 +327,8 @@ class Operations:
         self.check_queue(queue, status=422)
         for entry_id in entry_ids or ():
             if not ENTRY_ID.fullmatch(entry_id):
-                raise ValidationError("id must be the 12 hex digits of a dead-letter entry.",
-                                      param="id", code="invalid_id")
+                raise ValidationError(f"id must be the {ENTRY_ID_DIGITS} hex digits of a "
+                                      "dead-letter entry.", param="id", code="invalid_id")
         try:
             replayed, missing = await deadletters.replay(self.redis, queue, entry_ids)
         except _REDIS_ERRORS as exc:
@@ -365,7 +366,7 @@ class Operations:
             seen += len(page)
             if len(page) < _PAGE or seen >= EVENTS_SCANNED:
                 return {"object": "list",
-                        "data": [{"object": "event", **e.to_dict()} for e in events[::-1]],
+                        "data": [e.to_api_dict() for e in events[::-1]],
                         "has_more": len(page) >= _PAGE}
             cursor = page[-1].id
 

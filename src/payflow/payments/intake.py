@@ -34,7 +34,7 @@ from payflow.models import (
     new_refund_id,
     parse_iso,
 )
-from payflow.payments.validation import PaymentRequest
+from payflow.payments.validation import MIN_REFUND_AMOUNT, PaymentRequest
 from payflow.queue.producer import NotSent, Uncertain
 from payflow.store.base import REFUNDABLE, Store, Transition
 from payflow.store.front import StoreFront
@@ -174,7 +174,7 @@ class Payments:
             raise Conflict(detail, code="payment_not_refundable", status=payment.status.value)
         left = await self.store.refundable(payment_id)
         amount = left if amount is None else amount
-        if amount < 1:
+        if amount < MIN_REFUND_AMOUNT:
             raise ValidationError("amount must be a positive integer in minor units (nothing "
                                   "is left to refund).", param="amount", code="invalid_amount")
         if amount > left:

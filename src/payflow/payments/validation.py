@@ -47,6 +47,7 @@ from payflow.schema import Meta, anchored
 
 MIN_AMOUNT: Final = 1
 MAX_AMOUNT: Final = 99_999_999
+MIN_REFUND_AMOUNT: Final = 1  # minor units (RefundCreate; web.refunds checks it)
 MAX_METADATA_KEYS: Final = 50
 MAX_METADATA_KEY_LENGTH: Final = 40
 MAX_METADATA_VALUE_LENGTH: Final = 500
@@ -116,7 +117,7 @@ class PaymentCreate(TypedDict):
 class RefundCreate(TypedDict):  # POST /v1/payments/{id}/refunds (web.refunds checks it)
     amount: NotRequired[Annotated[int, Meta(
         "Minor units, at most what is left to refund (422 amount_too_large). Default: "
-        "everything left.", minimum=1)]]
+        "everything left.", minimum=MIN_REFUND_AMOUNT)]]
 
 
 DETAIL_INPUTS: Final[Mapping[str, Any]] = {

@@ -20,6 +20,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import Final
 
 from redis.asyncio import Redis
 
@@ -48,8 +49,11 @@ class DeadEntry:
     raw: bytes  # the entry exactly as stored (what replay removes)
 
 
+ENTRY_ID_DIGITS: Final = 12  # the hex digits of a dead-letter entry's id
+
+
 def entry_id(raw: bytes) -> str:
-    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:12]
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:ENTRY_ID_DIGITS]
 
 
 def parse_entry(raw: bytes, queue: str) -> DeadEntry:

@@ -80,7 +80,8 @@ class _Handlers:
         query(request)
         fields = _fields(await read_json_object(request), creating=True)
         endpoint, secret = await self.webhooks.create_endpoint(fields)
-        return problems.json_response({**endpoint.to_dict(), "secret": secret}, status=201,
+        created: admin.WebhookEndpointCreated = {**endpoint.to_dict(), "secret": secret}
+        return problems.json_response(created, status=201,
                                       headers={"Location": f"{PATH}/{endpoint.id}"})
 
     async def list(self, request: web.Request) -> web.Response:
@@ -105,8 +106,9 @@ class _Handlers:
         query(request)
         endpoint_id = request.match_info["id"]
         await self.webhooks.delete_endpoint(endpoint_id)
-        return problems.json_response({"id": endpoint_id, "object": "webhook_endpoint",
-                                       "deleted": True})
+        deleted: admin.WebhookEndpointDeleted = {"id": endpoint_id, "object": "webhook_endpoint",
+                                                 "deleted": True}
+        return problems.json_response(deleted)
 
     async def rotate(self, request: web.Request) -> web.Response:
         query(request)
@@ -119,8 +121,8 @@ class _Handlers:
         raw_since = query(request, "since").get("since")
         endpoint_id = request.match_info["id"]
         since = (parse_time(raw_since, "since", status=422) if raw_since is not None
-                 else iso(datetime.now(UTC) - timedelta(hours=24)))
+                 else iso(datetime.now(UTC) - timedelta(hours=admin.RECOVER_DEFAULT_HOURS)))
         queued = await self.webhooks.recover(endpoint_id, since)
-        return problems.json_response({"object": "recovery", "endpoint_id": endpoint_id,
-                                       "since": since, "requeued": len(queued),
-                                       "event_ids": queued}, status=202)
+        recovery: admin.Recovery = {"object": "recovery", "endpoint_id": endpoint_id,
+                                    "since": since, "requeued": len(queued), "event_ids": queued}
+        return problems.json_response(recovery, status=202)

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from payflow.errors import ValidationError
-from payflow.models import ALL_EVENT_TYPES, ApiEventJSON, Event
+from payflow.models import ALL_EVENT_TYPES
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.params import page_limit, query, reject_unknown
-from payflow.webhooks.admin import EventRetry
+from payflow.webhooks.admin import EventRetry, EventRetryQueued
 
 if TYPE_CHECKING:
     from payflow.web.context import WebContext
@@ -27,10 +27,6 @@ def add_routes(app: web.Application, ctx: WebContext) -> None:
     app.router.add_get(PATH + "/{id}", h.retrieve)
     app.router.add_get(PATH + "/{id}/attempts", h.attempts)
     app.router.add_post(PATH + "/{id}/retry", h.retry)
-
-
-def event_dict(event: Event) -> ApiEventJSON:
-    return {"object": "event", **event.to_dict()}
 
 
 class _Handlers:
@@ -48,13 +44,13 @@ class _Handlers:
                                           starting_after=params.get("starting_after"),
                                           type=event_type)
         return problems.json_response({"object": "list",
-                                       "data": [event_dict(e) for e in page[:limit]],
+                                       "data": [e.to_api_dict() for e in page[:limit]],
                                        "has_more": len(page) > limit})
 
     async def retrieve(self, request: web.Request) -> web.Response:
         query(request)
-        return problems.json_response(event_dict(
-            await self.webhooks.event(request.match_info["id"])))
+        event = await self.webhooks.event(request.match_info["id"])
+        return problems.json_response(event.to_api_dict())
 
     async def attempts(self, request: web.Request) -> web.Response:
         query(request)
@@ -77,6 +73,6 @@ class _Handlers:
                                       code="invalid_type")
             endpoint_id = value
         event = await self.webhooks.retry(request.match_info["id"], endpoint_id)
-        return problems.json_response({"object": "retry", "event_id": event.id,
-                                       "endpoint_id": endpoint_id, "queued": True},
-                                      status=202)
+        queued: EventRetryQueued = {"object": "retry", "event_id": event.id,
+                                    "endpoint_id": endpoint_id, "queued": True}
+        return problems.json_response(queued, status=202)

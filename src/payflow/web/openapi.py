@@ -18,7 +18,9 @@ from aiohttp import web
 from payflow import __version__, metrics, operations
 from payflow.models import ALL_EVENT_TYPES, PaymentStatus
 from payflow.web.openapi_schemas import headers, parameters, ref, schemas
+from payflow.web.params import MAX_PAGE_LIMIT, MIN_PAGE_LIMIT
 from payflow.web.problems import JSON_CONTENT_TYPE, PROBLEM_CONTENT_TYPE, dumps
+from payflow.webhooks.admin import RECOVER_DEFAULT_HOURS
 
 PATH: Final = "/openapi.json"
 OPENAPI_VERSION: Final = "3.1.0"
@@ -297,7 +299,7 @@ def _endpoint_paths() -> Doc:
                "link-local, cloud metadata, ...); the detail names the address class and how "
                "to allow it ([webhooks] allow_networks).")
     since = _time_query("since", "Replay what failed since then: an ISO-8601 time. Default: "
-                        "24 hours ago.", 422)
+                        f"{RECOVER_DEFAULT_HOURS} hours ago.", 422)
     since["schema"] = {"type": "string", "format": "date-time"}
     return {
         "/v1/webhook_endpoints": {
@@ -352,8 +354,8 @@ def _event_paths() -> Doc:
         "/v1/events": {"get": _operation(
             "listEvents", "List events, newest first", "events",
             {200: _json("EventList", "A page of events.")},
-            {400: ["out_of_range: limit is not 1-100 (param: limit); invalid_type: type is "
-                   "not an event type (param: type)."]},
+            {400: [f"out_of_range: limit is not {MIN_PAGE_LIMIT}-{MAX_PAGE_LIMIT} (param: "
+                   "limit); invalid_type: type is not an event type (param: type)."]},
             params=("Limit", "StartingAfter"),
             query=({"name": "type", "in": "query", "required": False,
                     "description": "Only events of this type.",
@@ -388,7 +390,7 @@ def _queue_paths() -> Doc:
     queue = {"name": "queue", "in": "query", "required": True, "schema": {"type": "string"},
              "description": "A queue of the daemon ([queue] payments or webhooks)."}
     limit = {"name": "limit", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+             "schema": {"type": "integer", "minimum": MIN_PAGE_LIMIT, "maximum": MAX_PAGE_LIMIT,
                         "default": operations.DEAD_LETTERS_SHOWN},
              "description": "Entries to show (400 out_of_range otherwise)."}
     return {

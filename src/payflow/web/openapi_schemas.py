@@ -20,6 +20,7 @@ from payflow.idempotency import MAX_KEY_LENGTH
 from payflow.models import METHODS
 from payflow.payments import validation
 from payflow.schema import Generator
+from payflow.web.params import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MIN_PAGE_LIMIT
 from payflow.web.problems import MAX_REQUEST_ID_LENGTH, PROBLEM_BASE
 from payflow.webhooks import admin
 
@@ -222,7 +223,8 @@ def parameters() -> dict[str, Schema]:
                 "is 422; a retry while the first runs is 409 with Retry-After. Servers "
                 "configured to require it answer 400 idempotency_key_required without it.")},
         "Limit": {"name": "limit", "in": "query", "required": False,
-                  "schema": integer(minimum=1, maximum=100, default=10),
+                  "schema": integer(minimum=MIN_PAGE_LIMIT, maximum=MAX_PAGE_LIMIT,
+                                    default=DEFAULT_PAGE_LIMIT),
                   "description": "Page size (400 out_of_range otherwise)."},
         "StartingAfter": {"name": "starting_after", "in": "query", "required": False,
                           "schema": string(),

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import UTC, datetime
+from typing import Final
 
 from aiohttp import web
 from multidict import MultiMapping
 
 from payflow.errors import ValidationError
 from payflow.models import iso, parse_iso
+
+# ``limit`` of the list endpoints (:func:`page_limit`; the OpenAPI document shows these).
+MIN_PAGE_LIMIT: Final = 1
+MAX_PAGE_LIMIT: Final = 100
+DEFAULT_PAGE_LIMIT: Final = 10
+_LIMIT_DIGITS: Final = len(str(MAX_PAGE_LIMIT))  # longer is out of range: int() not needed
 
 
 def query(request: web.Request, *allowed: str) -> MultiMapping[str]:
@@ -26,13 +33,17 @@ def query(request: web.Request, *allowed: str) -> MultiMapping[str]:
     return params
 
 
-def page_limit(request: web.Request, default: int = 10) -> int:
+def page_limit(request: web.Request, default: int = DEFAULT_PAGE_LIMIT) -> int:
+    """``limit``: an integer from :data:`MIN_PAGE_LIMIT` to :data:`MAX_PAGE_LIMIT`, ``default``
+    when absent; else 400 ``out_of_range``."""
     raw = request.query.get("limit")
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
-        raise ValidationError("limit must be an integer from 1 to 100.", param="limit",
-                              code="out_of_range", status=400)
+    if (not (raw.isascii() and raw.isdigit() and len(raw) <= _LIMIT_DIGITS)
+            or not MIN_PAGE_LIMIT <= int(raw) <= MAX_PAGE_LIMIT):
+        raise ValidationError(f"limit must be an integer from {MIN_PAGE_LIMIT} to "
+                              f"{MAX_PAGE_LIMIT}.", param="limit", code="out_of_range",
+                              status=400)
     return int(raw)
 
 

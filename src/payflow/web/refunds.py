@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from payflow.errors import ValidationError
-from payflow.payments.validation import RefundCreate
+from payflow.payments.validation import MIN_REFUND_AMOUNT, RefundCreate
 from payflow.web import problems
 from payflow.web.body import read_json_object
 from payflow.web.params import query, reject_unknown
@@ -42,7 +42,7 @@ class _Handlers:
         reject_unknown(body, _FIELDS)
         amount = body.get("amount")
         if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)
-                                   or amount < 1):
+                                   or amount < MIN_REFUND_AMOUNT):
             raise ValidationError("amount must be a positive integer in minor units.",
                                   param="amount", code="invalid_amount")
         refund = await self.payments.refund(request.match_info["payment_id"], amount)

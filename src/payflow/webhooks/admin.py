@@ -45,6 +45,7 @@ log = structlog.get_logger("payflow.webhooks")
 # still scheduled.
 SETTLED: Final = frozenset({"succeeded", "retrying"})
 RECOVER_LIMIT: Final = 10_000  # events looked at per recovery
+RECOVER_DEFAULT_HOURS: Final = 24  # recover looks back this far when no since is given
 _PAGE: Final = 500
 
 
@@ -110,7 +111,8 @@ class Recovery(TypedDict):
 
     object: Literal["recovery"]
     endpoint_id: str
-    since: Annotated[str, Meta("The since parameter as given (default: 24 hours ago).")]
+    since: Annotated[str, Meta("The since parameter as given (default: "
+                               f"{RECOVER_DEFAULT_HOURS} hours ago).")]
     requeued: Annotated[int, Meta(minimum=0)]
     event_ids: list[str]
 
