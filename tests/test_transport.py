@@ -25,6 +25,7 @@ from payflow.webhooks.ssrf import AddressPolicy, GuardedResolver, SSRFRefused
 from payflow.webhooks.transport import (
     DNS_SECONDS,
     MAX_DISCARD,
+    MAX_HEAD,
     Transport,
     TransportError,
     _Target,
@@ -324,6 +325,30 @@ async def test_bytes_nobody_asked_for_close_a_pooled_connection(
     await asyncio.sleep(0.1)
     assert conn.closed and conn.transport is not None and conn.transport.is_closing()
     assert transport._pooled(_Target(url)) is None
+
+
+@pytest.mark.parametrize("header", [b"X-Long: " + b"a" * 70_000 + b"\r\n",
+                                    b"X-Many: 1\r\n" * 7_000])
+async def test_an_endless_head_is_cut_off(serve: Callable[..., Awaitable[RawServer]],
+                                          transport: Transport, header: bytes) -> None:
+    """A receiver that keeps sending headers is not listened to past MAX_HEAD bytes."""
+    server = await serve(once(b"HTTP/1.1 200 OK\r\n" + header, then_close=False))
+    with pytest.raises(TransportError) as info:
+        async with asyncio.timeout(5):
+            await transport.post(f"http://127.0.0.1:{server.port}/", b"", b"", cap=10)
+    assert (info.value.kind, str(info.value)) == (
+        "bad_response", f"the answer's head passed {MAX_HEAD} bytes")
+    assert transport._open == set()
+
+
+async def test_a_head_just_within_the_limit_is_read(
+        serve: Callable[..., Awaitable[RawServer]], transport: Transport) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: "
+    head += b"p" * (MAX_HEAD - len(head) - 4) + b"\r\n\r\n"
+    assert len(head) == MAX_HEAD
+    server = await serve(once(head + b"ok", then_close=False))
+    answer = await transport.post(f"http://127.0.0.1:{server.port}/", b"", b"", cap=10)
+    assert (answer.status, answer.body) == (200, b"ok")
 
 
 async def test_retry_after_is_kept(serve: Callable[..., Awaitable[RawServer]],

@@ -35,6 +35,7 @@ from payflow.webhooks.ssrf import AddressPolicy, GuardedResolver, SSRFRefused, b
 KEEPALIVE_SECONDS: Final = 15.0  # idle time after which a pooled connection is not reused
 DNS_SECONDS: Final = 10.0  # how long the allowed addresses of a name are reused
 MAX_DISCARD: Final = 64 * 1024  # body bytes read past the kept ones to reuse the connection
+MAX_HEAD: Final = 64 * 1024  # bytes of an answer's status line and headers (aiohttp: 8 KiB a line)
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
@@ -86,7 +87,7 @@ class _Exchange:
     def __init__(self, waiter: asyncio.Future[Answer], cap: int) -> None:
         self.waiter = waiter
         self.cap = cap  # body bytes kept
-        self.received = False  # a byte of the answer arrived
+        self.received = 0  # bytes of the answer so far
         self.status = 0  # once its head is complete
         self.retry_after: str | None = None
         self.framed = False  # it has a Content-Length or Transfer-Encoding
@@ -117,13 +118,18 @@ class _Connection(asyncio.Protocol):
         if self.exchange.waiter.done():  # bytes nobody asked for (or after the answer): close
             self.close()
             return
-        self.exchange.received = True
+        current = self.exchange
+        current.received += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(TransportError("bad_response", "the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(TransportError("bad_response", f"unreadable HTTP answer: {exc}"))
+        else:
+            if not current.status and current.received > MAX_HEAD:  # headers without end
+                self._fail(TransportError("bad_response", f"the answer's head passed "
+                                                          f"{MAX_HEAD} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
