@@ -200,6 +200,35 @@ async def test_a_connection_idle_too_long_is_not_reused(
         await transport.close()
 
 
+async def test_idle_connections_of_every_origin_are_swept_when_stale(
+        serve: Callable[..., Awaitable[RawServer]]) -> None:
+    first, second = await serve(keep_alive()), await serve(keep_alive())
+    transport = Transport(make_transport(LOCAL).resolver, keepalive_seconds=0.05)
+    try:
+        await transport.post(f"http://127.0.0.1:{first.port}/", b"", b"", cap=10)
+        [old] = transport._open
+        await asyncio.sleep(0.1)
+        await transport.post(f"http://127.0.0.1:{second.port}/", b"", b"", cap=10)
+        assert old.closed and old not in transport._open
+        assert list(transport._idle) == [("127.0.0.1", second.port, False)]
+        assert len(transport._open) == 1
+    finally:
+        await transport.close()
+
+
+async def test_no_more_idle_connections_than_the_limit(
+        serve: Callable[..., Awaitable[RawServer]]) -> None:
+    servers = [await serve(keep_alive()) for _ in range(4)]
+    transport = make_transport(LOCAL, limit=2)
+    try:
+        for server in servers:  # one origin after another, each answer allowing keep-alive
+            await transport.post(f"http://127.0.0.1:{server.port}/", b"", b"", cap=10)
+        assert len(transport._open) == 2
+        assert sum(len(idle) for idle in transport._idle.values()) == 2
+    finally:
+        await transport.close()
+
+
 async def test_the_body_is_cut_at_the_cap_and_chunks_are_joined(
         serve: Callable[..., Awaitable[RawServer]], transport: Transport) -> None:
     chunked = (b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -228,6 +228,7 @@ class Transport:
         self._ssl = ssl_context
         self._open: set[_Connection] = set()
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}  # allowed addresses
+        self._next_sweep = 0.0  # monotonic time of the next sweep of idle connections
 
     async def post(self, url: str, headers: bytes, body: bytes, *, cap: int) -> Answer:
         """POST ``body`` to ``url`` with ``headers`` (``Name: value\\r\\n`` lines, without
@@ -236,6 +237,9 @@ class Transport:
         time (a cancelled request closes its connection)."""
         target = self._target(url)
         data = b"".join((target.head, headers, b"Content-Length: %d\r\n\r\n" % len(body), body))
+        if (now := time.monotonic()) >= self._next_sweep:
+            self._next_sweep = now + self.keepalive_seconds
+            self._sweep(now - self.keepalive_seconds)
         async with self._slots:
             conn = self._pooled(target)
             if conn is not None:
@@ -256,7 +260,7 @@ class Transport:
             conn.close()
             self._open.discard(conn)
             raise
-        if conn.reusable:
+        if conn.reusable and len(self._open) <= self.limit:  # idle ones count too
             conn.idle_since = time.monotonic()
             self._idle.setdefault(target.origin, collections.deque()).append(conn)
         else:
@@ -271,6 +275,17 @@ class Transport:
                 self._targets.clear()
             target = self._targets[url] = _Target(url)
         return target
+
+    def _sweep(self, fresh_after: float) -> None:
+        """Close the idle connections of every origin that went stale or were closed (those
+        of an origin no longer posted to would stay open otherwise)."""
+        for origin, idle in list(self._idle.items()):
+            for conn in [c for c in idle if c.closed or c.idle_since < fresh_after]:
+                idle.remove(conn)
+                conn.close()
+                self._open.discard(conn)
+            if not idle:
+                del self._idle[origin]
 
     def _pooled(self, target: _Target) -> _Connection | None:
         idle = self._idle.get(target.origin)
