@@ -216,6 +216,34 @@ async def test_idle_connections_of_every_origin_are_swept_when_stale(
         await transport.close()
 
 
+async def test_a_sweep_keeps_fresh_connections_and_runs_once_a_period(
+        serve: Callable[..., Awaitable[RawServer]]) -> None:
+    server = await serve(keep_alive())
+    transport = Transport(make_transport(LOCAL).resolver, keepalive_seconds=0.3)
+    sweeps: list[float] = []
+    sweep = transport._sweep
+
+    def counted(fresh_after: float) -> None:
+        sweeps.append(fresh_after)
+        sweep(fresh_after)
+
+    transport._sweep = counted  # type: ignore[method-assign]
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        started = time.monotonic()
+        await transport.post(url, b"", b"", cap=10)  # a sweep, then a connection
+        await asyncio.sleep(0.15)
+        await transport.post(url, b"", b"", cap=10)  # reused, no sweep: idle since 0.15 s
+        assert len(sweeps) == 1
+        await asyncio.sleep(0.2)
+        await transport.post(url, b"", b"", cap=10)  # a sweep at 0.35 s keeps it: 0.2 s idle
+        assert len(sweeps) == 2
+        assert 0 < sweeps[1] - started < 0.2  # what counts as stale: idle since before then
+        assert server.connections == 1
+    finally:
+        await transport.close()
+
+
 async def test_no_more_idle_connections_than_the_limit(
         serve: Callable[..., Awaitable[RawServer]]) -> None:
     servers = [await serve(keep_alive()) for _ in range(4)]
@@ -370,6 +398,25 @@ async def test_an_endless_head_is_cut_off(serve: Callable[..., Awaitable[RawServ
     assert transport._open == set()
 
 
+async def test_a_head_dripped_in_small_pieces_is_cut_off_too(
+        serve: Callable[..., Awaitable[RawServer]], transport: Transport) -> None:
+    def script(server: RawServer) -> Script:
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(100):  # 100 KiB of headers, 1 KiB at a time
+                writer.write(b"X-Drip: " + b"d" * 1014 + b"\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(30)
+        return run
+
+    server = await serve(script)
+    with pytest.raises(TransportError, match="head passed"):
+        async with asyncio.timeout(5):
+            await transport.post(f"http://127.0.0.1:{server.port}/", b"", b"", cap=10)
+
+
 async def test_a_head_just_within_the_limit_is_read(
         serve: Callable[..., Awaitable[RawServer]], transport: Transport) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: "
@@ -406,6 +453,7 @@ async def test_a_stale_pooled_connection_is_replaced_once(
     for n in range(3, 20):  # back to back: the FIN and the next POST race (either way: 200)
         assert (await transport.post(url, b"", b"%d" % n, cap=10)).status == 200
     assert server.connections == 19
+    assert len(transport._open) <= 1  # the closed ones were forgotten, not only skipped
 
 
 async def test_a_request_on_a_connection_being_closed_fails_at_once(
@@ -419,6 +467,19 @@ async def test_a_request_on_a_connection_being_closed_fails_at_once(
     assert (info.value.kind, str(info.value)) == ("connection_closed",
                                                   "the server closed the connection")
     assert server.requests == []
+
+
+async def test_a_pooled_connection_the_server_closed_is_forgotten(
+        serve: Callable[..., Awaitable[RawServer]], transport: Transport) -> None:
+    server = await serve(once(OK))  # closes after one answer (no Connection: close said)
+    url = f"http://127.0.0.1:{server.port}/"
+    await transport.post(url, b"", b"", cap=10)
+    [old] = transport._open
+    await asyncio.sleep(0.05)  # its FIN is seen: closed, still in the idle pool
+    assert old.closed and old in transport._idle[("127.0.0.1", server.port, False)]
+    await transport.post(url, b"", b"", cap=10)
+    assert old not in transport._open and len(transport._open) == 1
+    assert server.connections == 2
 
 
 async def test_a_fresh_connection_closed_without_an_answer_fails(
