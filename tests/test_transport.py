@@ -140,6 +140,17 @@ async def test_the_request_on_the_wire(serve: Callable[..., Awaitable[RawServer]
         b'{"a":1}']
 
 
+async def test_credentials_in_the_url_are_sent_as_basic_auth(
+        serve: Callable[..., Awaitable[RawServer]], transport: Transport) -> None:
+    server = await serve(keep_alive())
+    await transport.post(f"http://shop:p%40ss@127.0.0.1:{server.port}/h", b"", b"", cap=10)
+    await transport.post(f"http://token@127.0.0.1:{server.port}/h", b"", b"", cap=10)
+    assert [r.split(b"\r\n")[2] for r in server.requests] == [
+        b"Authorization: Basic c2hvcDpwQHNz",  # shop:p@ss
+        b"Authorization: Basic dG9rZW46",  # token:
+    ]
+
+
 def test_the_host_header_and_target_of_each_url_form() -> None:
     assert _Target("http://example.com/").head == b"POST / HTTP/1.1\r\nHost: example.com\r\n"
     assert _Target("https://example.com:443").head == (

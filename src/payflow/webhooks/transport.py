@@ -20,6 +20,7 @@ on ``webhook-id``, and a stale keep-alive connection is not the endpoint failing
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import socket
 import ssl
@@ -75,7 +76,11 @@ class _Target:
         authority = f"[{self.host}]" if ":" in self.host else self.host
         if not parsed.is_default_port():
             authority += f":{self.port}"
-        self.head = f"POST {parsed.raw_path_qs} HTTP/1.1\r\nHost: {authority}\r\n".encode()
+        head = f"POST {parsed.raw_path_qs} HTTP/1.1\r\nHost: {authority}\r\n".encode()
+        if parsed.user is not None:  # credentials in the URL: HTTP basic auth, as aiohttp did
+            pair = f"{parsed.user}:{parsed.password or ''}".encode("latin-1", "replace")
+            head += b"Authorization: Basic " + base64.b64encode(pair) + b"\r\n"
+        self.head = head
 
 
 class _Exchange:
