@@ -145,9 +145,12 @@ async def test_credentials_in_the_url_are_sent_as_basic_auth(
     server = await serve(keep_alive())
     await transport.post(f"http://shop:p%40ss@127.0.0.1:{server.port}/h", b"", b"", cap=10)
     await transport.post(f"http://token@127.0.0.1:{server.port}/h", b"", b"", cap=10)
+    await transport.post(f"http://%E2%82%ACuro:%C3%BC@127.0.0.1:{server.port}/h", b"", b"",
+                         cap=10)  # latin-1, as aiohttp; "€" is not in it: "?"
     assert [r.split(b"\r\n")[2] for r in server.requests] == [
         b"Authorization: Basic c2hvcDpwQHNz",  # shop:p@ss
         b"Authorization: Basic dG9rZW46",  # token:
+        b"Authorization: Basic P3Vybzr8",  # ?uro:\xfc
     ]
 
 
