@@ -7,6 +7,7 @@ limit, a cancelled request, TLS."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import socket
@@ -24,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from payflow.webhooks.ssrf import AddressPolicy, GuardedResolver, SSRFRefused
 from payflow.webhooks.transport import (
     DNS_SECONDS,
+    HAPPY_EYEBALLS_DELAY,
     MAX_DISCARD,
     MAX_HEAD,
     Transport,
@@ -661,6 +663,38 @@ async def test_names_are_resolved_once_per_dns_seconds_and_every_address_is_trie
         assert info.value.kind == "connection_failed"
     finally:
         await transport.close()
+
+
+async def test_an_address_that_never_answers_does_not_hold_back_the_next(
+        serve: Callable[..., Awaitable[RawServer]]) -> None:
+    """Happy eyeballs: a name's first address swallows the SYN (a full backlog on 127.0.0.2),
+    its second answers; the POST goes out on the second a quarter second later, not at the
+    deadline."""
+    server = await serve(keep_alive())
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.2", server.port))
+    stuck.listen(0)
+    queued = []
+    for _ in range(3):  # fill the backlog: from then on its SYNs go unanswered
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.2", server.port))
+        queued.append(filler)
+    await asyncio.sleep(0.1)
+    names = StubResolver({"slow.test": ["127.0.0.2", "127.0.0.1"]})
+    transport = Transport(GuardedResolver(LOCAL, names))
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(5):
+            answer = await transport.post(f"http://slow.test:{server.port}/", b"", b"", cap=10)
+        took = time.monotonic() - started
+        assert answer.body == b"ok" and server.connections == 1
+        assert HAPPY_EYEBALLS_DELAY <= took < 2, took
+    finally:
+        await transport.close()
+        for sock in (stuck, *queued):
+            sock.close()
 
 
 async def test_the_dns_cache_is_bounded(serve: Callable[..., Awaitable[RawServer]]) -> None:
