@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fakeredis
 import pytest
@@ -25,6 +26,9 @@ from redis.asyncio import Redis
 
 from daemon_proc import Daemon, daemon_env
 from payflow.embedded import patch_fakeredis
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 patch_fakeredis()
 
@@ -183,3 +187,20 @@ def postgres_url() -> Iterator[str]:
         yield pg.with_params(server, search_path=schema)
     finally:
         pg.drop_schema(server, schema)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on, every span exported at once to memory; off again after the test."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter as Exporter,
+    )
+
+    from payflow import tracing
+
+    exporter = Exporter()
+    tracing.setup(exporter=exporter)
+    try:
+        yield exporter
+    finally:
+        tracing.shutdown()

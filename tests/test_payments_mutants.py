@@ -5,7 +5,7 @@ plausible bug would break them (each test here kills mutants of ``payments/servi
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -54,6 +54,20 @@ class Scripted:
         if isinstance(answer, RetryLater):
             raise answer
         return answer
+
+
+def finishing_elsewhere(store: MemoryStore) -> Scripted:
+    """A processor during whose charge another consumer finishes ``pay_1`` (succeeded)."""
+
+    class Racing(Scripted):
+        async def charge_many(self, payments: Sequence[Payment]
+                              ) -> list[ChargeResult | RetryLater]:
+            await store.transition([Transition(
+                payment_id="pay_1", expected=(PaymentStatus.PROCESSING,),
+                new=PaymentStatus.SUCCEEDED, emit=True)])
+            return await super().charge_many(payments)
+
+    return Racing()
 
 
 def service(processor: Any = None, store: MemoryStore | None = None,
@@ -189,17 +203,10 @@ async def test_a_payment_finished_elsewhere_has_nothing_to_queue() -> None:
     await store.create_payments([Payment(id="pay_1", method="upi",
                                          status=PaymentStatus.PROCESSING)])
 
-    class Racing(Scripted):
-        async def charge_many(self, payments: Sequence[Payment]
-                              ) -> list[ChargeResult | RetryLater]:
-            await store.transition([Transition(
-                payment_id="pay_1", expected=(PaymentStatus.PROCESSING,),
-                new=PaymentStatus.SUCCEEDED, emit=True)])
-            return await super().charge_many(payments)
-
     before = sample("payflow_payments_total", {"status": "succeeded"})
     with capture_logs() as logs:
-        [result] = await service(Racing(), store).process_many([PaymentJob(payment_id="pay_1")])
+        [result] = await service(finishing_elsewhere(store), store).process_many(
+            [PaymentJob(payment_id="pay_1")])
     assert result is None
     assert sample("payflow_payments_total", {"status": "succeeded"}) == before
     assert any(e["event"] == "payment.finished_elsewhere" for e in logs)
@@ -452,15 +459,7 @@ async def test_a_payment_finished_elsewhere_is_acked() -> None:
     await store.create_payments([Payment(id="pay_1", method="upi",
                                          status=PaymentStatus.PROCESSING)])
 
-    class Racing(Scripted):
-        async def charge_many(self, payments: Sequence[Payment]
-                              ) -> list[ChargeResult | RetryLater]:
-            await store.transition([Transition(
-                payment_id="pay_1", expected=(PaymentStatus.PROCESSING,),
-                new=PaymentStatus.SUCCEEDED, emit=True)])
-            return await super().charge_many(payments)
-
-    batch = await handler_of(service(Racing(), store)).batch(
+    batch = await handler_of(service(finishing_elsewhere(store), store)).batch(
         [PaymentJob(payment_id="pay_1").encode()])
     assert batch.outcomes == [DONE] and batch.after is None
 
@@ -688,17 +687,6 @@ async def test_a_service_answering_too_few_results_fails_the_batch() -> None:
         finally:
             if traced:
                 tracing.shutdown()
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Tracing on, every span exported at once to memory; off again after the test."""
-    exporter = InMemorySpanExporter()
-    tracing.setup(exporter=exporter)
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
 
 
 async def test_each_payment_span_ends_with_its_outcome(spans: InMemorySpanExporter) -> None:

@@ -5,7 +5,7 @@ kills mutants of ``webhooks/sender.py`` that the receiver-based tests of
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from structlog.testing import capture_logs
 
-from payflow import metrics, tracing
+from payflow import metrics
 from payflow.errors import InvalidJob
 from payflow.jobs import WebhookJob, parse_job
 from payflow.models import (
@@ -556,16 +556,6 @@ async def test_sink_batches_observe_no_latency() -> None:
 
 
 # --- spans --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.setup(exporter=exporter)
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
 
 
 async def test_a_single_delivery_sends_its_span_context(spans: InMemorySpanExporter) -> None:

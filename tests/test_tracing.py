@@ -8,7 +8,7 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,17 +43,6 @@ UPI_BODY: dict[str, Any] = {"amount": 49900, "currency": "inr", "method": "upi",
 TRACEPARENT = re.compile(r"00-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}")
 CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 POLICY = RetryPolicy(schedule=(5.0,), max_attempts=3)
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Tracing on, every span exported at once to memory; off again after the test."""
-    exporter = InMemorySpanExporter()
-    tracing.setup(exporter=exporter)
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
 
 
 @dataclass
