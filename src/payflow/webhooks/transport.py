@@ -3,9 +3,10 @@
 Deliveries need little of a general HTTP client: a POST of a small body to a URL checked
 beforehand, the status, ``Retry-After``, the start of the body, keep-alive connections reused
 per origin, a deadline, no redirects, no cookies, no proxies, no compression. aiohttp's client
-spent about 70 µs of Python per delivery on everything else (36 % of the daemon's CPU on the
-HTTP path); this one builds the request as one ``bytes`` and parses the answer with httptools
-(llhttp, the parser of Node.js and uvicorn), about 20 µs.
+was 36 % of the daemon's CPU on the HTTP path; this one builds the request as one ``bytes`` and
+parses the answer with httptools (llhttp, the parser of Node.js and uvicorn). Measured in one
+process, 100 deliveries in flight to a receiver process, signing included: 160-185 µs of CPU per
+delivery with aiohttp's client, 62-66 µs with this one.
 
 Every connection is made to addresses from :class:`~payflow.webhooks.ssrf.GuardedResolver`
 (the SSRF guard, at every new connection, so a name that starts resolving to a refused address
