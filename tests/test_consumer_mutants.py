@@ -571,8 +571,35 @@ async def test_a_reconnect_after_fetch_failures_is_logged_and_counted(
             await consumer._fetch(5, idle=True)
         await consumer._fetch(5, idle=True)
     [line] = [e for e in logs if e["event"] == "queue.reconnected"]
-    assert line["after_failures"] == 2
+    assert (line["after_failures"], line["call"]) == (2, "fetch")
     assert reconnects() - before == 1
+
+
+async def test_a_reconnect_after_settle_failures_is_logged_and_counted(
+        fake_redis: Redis) -> None:
+    """A busy consumer meets an outage in its settle, not its fetch: coming back is a
+    reconnect all the same (tests/test_sentinel.py waits for this line after a failover)."""
+    class Recovering(QueueClient):
+        failures = 3
+
+        async def settle(self, settlement: Settlement) -> int:
+            if self.failures:
+                self.failures -= 1
+                raise RedisConnectionError("reset")
+            return await super().settle(settlement)
+
+    client = Recovering(fake_redis, queue=Q, forward=W, consumer_id="t:p0")
+    consumer = consumer_of(client, PerJob(lambda raw: _done()))
+    consumer._settling.base = consumer._settling.cap = 0.01
+    before = metrics.REGISTRY.get_sample_value("payflow_redis_reconnects_total",
+                                               {"queue": Q}) or 0.0
+    with capture_logs() as logs:
+        await consumer._settle(Settlement())
+        await consumer._settle(Settlement())  # no failure before it: nothing to say
+    [line] = [e for e in logs if e["event"] == "queue.reconnected"]
+    assert (line["after_failures"], line["call"]) == (3, "settle")
+    after = metrics.REGISTRY.get_sample_value("payflow_redis_reconnects_total", {"queue": Q})
+    assert after == before + 1
 
 
 async def test_in_flight_jobs_are_gauged_until_recorded(fake_redis: Redis) -> None:

@@ -45,8 +45,8 @@ DEAD_TRIMMED = Counter("payflow_dead_trimmed", "Oldest dead-letter entries dropp
 WEBHOOK_ATTEMPTS_BY_ENDPOINT = Counter(
     "payflow_webhook_attempts_by_endpoint", "Webhook delivery attempts to endpoints (not the log "
     "sink), by endpoint id and outcome.", ["endpoint", "outcome"], registry=REGISTRY)
-REDIS_RECONNECTS = Counter("payflow_redis_reconnects", "Consumers that fetched again after "
-                           "failed fetches (queue.reconnected), by queue.", ["queue"],
+REDIS_RECONNECTS = Counter("payflow_redis_reconnects", "Consumers whose fetch or settle "
+                           "succeeded after failed ones (queue.reconnected), by queue.", ["queue"],
                            registry=REGISTRY)
 HTTP_REQUESTS = Counter("payflow_http_requests", "HTTP requests answered, by method, route "
                         "template (unmatched: no route) and status.", ["method", "route", "status"],

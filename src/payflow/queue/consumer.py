@@ -139,9 +139,7 @@ class Consumer:
             else:
                 self._resume_at = loop.time() + delay
             return None
-        if failures := self._fetching.succeeded():
-            self.log.info("queue.reconnected", after_failures=failures)
-            self._reconnects.inc()
+        self._reconnected(self._fetching.succeeded(), "fetch")
         return raws
 
     async def _batches(self) -> None:
@@ -354,7 +352,7 @@ class Consumer:
         while True:
             try:
                 trimmed = await self.client.settle(settlement)
-                self._settling.succeeded()
+                self._reconnected(self._settling.succeeded(), "settle")
                 break
             except (RedisError, OSError) as exc:
                 await asyncio.sleep(self._settling.failed(exc))
@@ -362,6 +360,14 @@ class Consumer:
             self._dead_trimmed.inc(trimmed)
             self.log.warning("queue.dead_trimmed", trimmed=trimmed,
                              limit=self.client.dead_max_entries)
+
+
+    def _reconnected(self, failures: int, call: str) -> None:
+        """After ``failures`` failed calls, one succeeded: Redis is back for this consumer
+        (whichever call met the outage: a busy consumer meets it in a settle)."""
+        if failures:
+            self.log.info("queue.reconnected", after_failures=failures, call=call)
+            self._reconnects.inc()
 
 
 async def wait_or_stop(event: asyncio.Event, seconds: float) -> None:
